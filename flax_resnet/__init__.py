@@ -8,8 +8,9 @@ from flax_resnet.blocks import BLOCKS
 from flax_resnet.registry import list_models, resolve
 from flax_resnet.resnet import ResNet
 from flax_resnet.seeds import D2LResNet18, MnistResNet
+from flax_resnet.checkpoint import attach_recipe, load, save
 
-__all__ = ["create_model", "list_models"]
+__all__ = ["create_model", "list_models", "load", "save"]
 
 
 def create_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
@@ -22,6 +23,13 @@ def create_model(name: str, *, num_classes: int | None = None, in_channels: int 
     Raises ValueError naming the valid choices for an unknown name or option.
     """
     spec, num_classes, in_channels, options = resolve(name, num_classes, in_channels, options)
+    model = _build(spec, num_classes, in_channels, options, rngs)
+    # What `save` needs to rebuild it: the name and every argument, defaults filled in.
+    attach_recipe(model, name, {"num_classes": num_classes, "in_channels": in_channels, **options})
+    return model
+
+
+def _build(spec, num_classes, in_channels, options, rngs) -> nnx.Module:
     if spec.family == "d2l":
         return D2LResNet18(num_classes=num_classes, in_channels=in_channels, rngs=rngs)
     if spec.family == "mnist":

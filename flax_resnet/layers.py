@@ -52,7 +52,7 @@ class BatchNorm(nnx.Module):
     Training normalizes with the biased batch variance and moves the running variance toward the
     *unbiased* one, as torch does (stock Flax uses the biased one, so running statistics drift apart).
     `momentum` is torch's: running = (1 - momentum) * running + momentum * batch.
-    Statistics are computed in float32 whatever the input dtype.
+    Statistics are computed in at least float32 whatever the input dtype.
     """
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
@@ -69,29 +69,31 @@ class BatchNorm(nnx.Module):
 
     def __call__(self, x):
         if self.use_running_average:
-            mean, var = self.mean.value, self.var.value
+            mean, var = self.mean[...], self.var[...]
         else:
             axes = tuple(range(x.ndim - 1))
-            x32 = x.astype(jnp.float32)
+            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             mean = jnp.mean(x32, axes)
             # Mean of squared deviations, not E[x^2] - E[x]^2: no cancellation.
             var = jnp.mean(jnp.square(x32 - mean), axes)
             count = x.size // x.shape[-1]
             unbiased_var = var * (count / max(count - 1, 1))
             m = self.momentum
-            self.mean.value = (1 - m) * self.mean.value + m * mean
-            self.var.value = (1 - m) * self.var.value + m * unbiased_var
-            self.num_batches_tracked.value = self.num_batches_tracked.value + 1
-        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale.value
-        shift = self.bias.value - mean * inv
+            self.mean[...] = (1 - m) * self.mean[...] + m * mean
+            self.var[...] = (1 - m) * self.var[...] + m * unbiased_var
+            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+        shift = self.bias[...] - mean * inv
         return (x * inv.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
 
 
 def max_pool(x, kernel_size: int, stride: int, padding: int = 0):
     """MaxPool2d: the padding is -inf, so it never wins (zero padding would, before a ReLU)."""
     pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    # A Python -inf (not an array) lets JAX see a max-pool and use its gradient rule; an array
+    # init value makes it a generic reduce_window, which jit(grad(...)) cannot differentiate.
     return jax.lax.reduce_window(
-        x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), pad,
+        x, -jnp.inf, jax.lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), pad,
     )
 
 

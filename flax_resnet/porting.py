@@ -55,7 +55,7 @@ def torch_key(path: tuple) -> str:
 
 def to_torch_layout(value, leaf: str) -> np.ndarray:
     """A Flax value in torch's layout: conv HWIO -> OIHW, linear (in, out) -> (out, in)."""
-    value = np.asarray(value)
+    value = np.array(value)  # a writable copy: torch.from_numpy warns on read-only arrays
     if leaf == "kernel" and value.ndim == 4:
         return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
     if leaf == "kernel" and value.ndim == 2:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from flax_resnet.layers import BatchNorm, conv, global_avg_pool, linear, max_pool
@@ -42,7 +43,7 @@ class ResNet(nnx.Module):
         if zero_init_residual:
             for name in self.stage_names:
                 for block in getattr(self, name).layers:
-                    block.last_bn().scale.value = block.last_bn().scale.value * 0
+                    block.last_bn().scale[...] = jnp.zeros_like(block.last_bn().scale[...])
 
     def stages(self, x):
         """Every stage's output, in order, ending with 'logits'."""

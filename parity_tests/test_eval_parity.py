@@ -1,0 +1,52 @@
+"""Eval mode: torch weights with random BatchNorm statistics, ported to Flax, give the same outputs.
+
+Every variant, even and odd input sizes, every stage's activation as well as the logits; and the
+way back, Flax -> torch, is bit-exact.
+"""
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from flax_resnet.porting import to_torch_state_dict
+from flax_resnet.registry import MODELS
+from parity_tests.twins import input_sizes, make_twins, random_images, relative_error, to_nhwc
+
+TOLERANCE = 1e-5
+
+_stages = nnx.jit(lambda model, images: model.stages(images))
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def twins(request):
+    torch_model, flax_model = make_twins(request.param)
+    torch_model.eval()
+    flax_model.eval()
+    return request.param, torch_model, flax_model
+
+
+def test_every_stage_and_the_logits_match(twins):
+    name, torch_model, flax_model = twins
+    for height, width in input_sizes(name):
+        nchw, nhwc = random_images(name, 2, height, width, seed=height)
+        with torch.no_grad():
+            expected = torch_model.stages(torch.from_numpy(nchw))
+        actual = _stages(flax_model, nhwc)
+        assert list(actual) == list(expected)
+        for stage, value in expected.items():
+            value = to_nhwc(value.numpy())
+            assert actual[stage].shape == value.shape, (stage, height, width)
+            error = relative_error(actual[stage], value)
+            assert error <= TOLERANCE, f"{name} {stage} at {height}x{width}: {error:.2e}"
+
+
+def test_round_trip_torch_flax_torch_is_bit_exact(twins):
+    _, torch_model, flax_model = twins
+    original = torch_model.state_dict()
+    exported = to_torch_state_dict(flax_model)
+    assert sorted(exported) == sorted(original)
+    for key, value in original.items():
+        assert exported[key].dtype == value.numpy().dtype, key
+        np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)

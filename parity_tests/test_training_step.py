@@ -1,0 +1,165 @@
+"""The jitted train step: same update as torch, gradient accumulation, bf16, optimizers, schedules."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import numpy as np
+import optax
+import pytest
+import torch
+from flax import nnx
+
+import flax_resnet
+import torch_ref
+from flax_resnet.augment import AugmentSpec, eval_transform
+from flax_resnet.config import TrainConfig
+from flax_resnet.optim import StepPlan, make_optimizer, make_schedule
+from flax_resnet.porting import to_torch_state_dict
+from flax_resnet.train_step import cross_entropy, data_mesh, jit_train_step, put_batch, split_model
+from parity_tests.twins import relative_error
+from torch_ref.optim import make_optimizer as make_torch_optimizer
+from torch_ref.optim import set_learning_rate
+from torch_ref.train_step import train_step as torch_train_step
+
+PLAIN = AugmentSpec(mean=(0.5,), std=(0.25,))  # normalize only: no randomness in the comparison
+SHAPES = {"mnist_resnet": (28, 28, 1), "resnet20": (16, 16, 1)}
+
+
+def batches(shape, count, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.integers(0, 256, (size, *shape), dtype=np.uint8),
+             "label": rng.integers(0, 10, size).astype(np.int32)} for _ in range(count)]
+
+
+def flax_run(name, config, data, plan, augment=PLAIN):
+    """Flax model after the train step ran on each batch; (model state_dict, [metrics])."""
+    model = flax_resnet.create_model(name, in_channels=1, rngs=nnx.Rngs(0))
+    tx, _ = make_optimizer(config, plan)
+    graphdef, eval_graphdef, state = split_model(model, tx)
+    mesh = data_mesh(jax.devices()[:1])
+    step = jit_train_step(graphdef, tx, mesh, augment=augment, precision=config.precision)
+    history = []
+    for batch in data:
+        state, metrics = step(state, put_batch(batch, mesh), jax.random.key(0))
+        history.append({k: float(v) for k, v in metrics.items()})
+    return state, nnx.merge(eval_graphdef, state.params, state.batch_stats), history
+
+
+@pytest.mark.parametrize("name", ["mnist_resnet", "resnet20"])
+def test_sgd_steps_match_torch(name):
+    """Same weights, same batches, SGD with Nesterov momentum and weight decay: after two steps
+    every parameter and BatchNorm statistic agrees with torch."""
+    config = TrainConfig(model=name, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-3, schedule="constant")
+    plan = StepPlan(steps_per_epoch=2, grad_accum=1, epochs=1)
+    data = batches(SHAPES[name], 2, 8)
+    initial = to_torch_state_dict(flax_resnet.create_model(name, in_channels=1, rngs=nnx.Rngs(0)))
+    _, flax_model, flax_metrics = flax_run(name, config, data, plan)
+
+    torch_model = torch_ref.create_model(name, in_channels=1)
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in initial.items()}, strict=True)
+    optimizer, schedule = make_torch_optimizer(torch_model, config, plan)
+    for count, batch in enumerate(data):
+        images = torch.from_numpy(np.array(eval_transform(batch["image"], PLAIN))).permute(0, 3, 1, 2)
+        metrics = torch_train_step(torch_model, optimizer, images, torch.from_numpy(batch["label"]).long(),
+                                   lr=float(schedule(count)), update=True)
+        assert abs(metrics["loss"] - flax_metrics[count]["loss"]) <= 1e-4 * abs(metrics["loss"])
+
+    expected = torch_model.state_dict()
+    for key, value in to_torch_state_dict(flax_model).items():
+        if key in dict(torch_model.named_parameters()):
+            assert not np.array_equal(initial[key], expected[key].numpy()), f"{key} did not move"
+        assert relative_error(value, expected[key].numpy()) <= 1e-4, key
+
+
+def test_grad_accum_of_two_half_batches_is_one_full_batch():
+    """mnist_resnet has no BatchNorm, so 2 micro-steps of 8 images equal 1 step of 16 exactly
+    (up to float summation order): the mean of two half-batch mean gradients is the full mean."""
+    config = TrainConfig(model="mnist_resnet", lr=0.05, momentum=0.9, weight_decay=1e-3, schedule="cosine")
+    full = batches(SHAPES["mnist_resnet"], 2, 16, seed=1)
+    halves = [{k: v[i:i + 8] for k, v in batch.items()} for batch in full for i in (0, 8)]
+    one_state, one, _ = flax_run("mnist_resnet", config, full, StepPlan(2, 1, 1))
+    accumulated = dataclasses.replace(config, grad_accum=2, batch_size=8)
+    two_state, two, _ = flax_run("mnist_resnet", accumulated, halves, StepPlan(4, 2, 1))
+    initial = to_torch_state_dict(flax_resnet.create_model("mnist_resnet", rngs=nnx.Rngs(0)))
+    for key, value in to_torch_state_dict(one).items():
+        assert not np.array_equal(value, initial[key]), key  # the updates did happen
+        assert relative_error(to_torch_state_dict(two)[key], value) <= 1e-5, key
+    # After an odd number of micro-steps nothing may change yet.
+    odd_state, odd, _ = flax_run("mnist_resnet", accumulated, halves[:1], StepPlan(4, 2, 1))
+    for key, value in to_torch_state_dict(odd).items():
+        assert np.array_equal(value, initial[key]), key
+
+
+def test_bf16_computes_in_bf16_and_keeps_fp32_state():
+    config = TrainConfig(model="resnet20", precision="bf16", lr=0.05)
+    model = flax_resnet.create_model("resnet20", in_channels=1, rngs=nnx.Rngs(0))
+    tx, _ = make_optimizer(config, StepPlan(1, 1, 1))
+    graphdef, _, state = split_model(model, tx)
+    mesh = data_mesh(jax.devices()[:1])
+    host_batch = batches(SHAPES["resnet20"], 1, 8)[0]
+    batch = put_batch(host_batch, mesh)
+    step = jit_train_step(graphdef, tx, mesh, augment=PLAIN, precision="bf16")
+    hlo = step.lower(state, batch, jax.random.key(0)).as_text()
+    assert re.search(r"convolution.*bf16", hlo), "no bf16 convolution in the compiled step"
+
+    @jax.jit
+    def fp32_loss(state, images, labels):
+        logits = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)(images)
+        return cross_entropy(logits, labels).sum()
+
+    reference = float(fp32_loss(state, eval_transform(host_batch["image"], PLAIN), host_batch["label"]))
+    new_state, metrics = step(state, batch, jax.random.key(0))
+    for part in (new_state.params, new_state.batch_stats, new_state.opt_state):
+        floats = [x for x in jax.tree.leaves(part) if np.issubdtype(x.dtype, np.floating)]
+        assert floats and all(x.dtype == np.float32 for x in floats)
+    loss = float(metrics["loss"])
+    assert loss != reference and abs(loss - reference) <= 3e-2 * reference
+
+
+@pytest.mark.parametrize("optimizer, nesterov", [("sgd", True), ("sgd", False), ("adam", False), ("adamw", False)])
+def test_optimizers_update_like_torch(optimizer, nesterov):
+    """optax chain vs torch.optim on the same parameters and gradients, with a warmup-cosine lr."""
+    config = TrainConfig(optimizer=optimizer, lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=0.01,
+                         schedule="cosine", warmup_epochs=1, epochs=3)
+    plan = StepPlan(steps_per_epoch=2, grad_accum=1, epochs=3)
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()} for _ in range(5)]
+
+    tx, _ = make_optimizer(config, plan)
+    flax_params, opt_state = dict(params), tx.init(params)
+    for grad in grads:
+        updates, opt_state = tx.update(grad, opt_state, flax_params)
+        flax_params = optax.apply_updates(flax_params, updates)
+
+    module = torch.nn.Module()
+    for key, value in params.items():
+        module.register_parameter(key, torch.nn.Parameter(torch.from_numpy(value.copy())))
+    torch_optimizer, schedule = make_torch_optimizer(module, config, plan)
+    for count, grad in enumerate(grads):
+        for key, p in module.named_parameters():
+            p.grad = torch.from_numpy(grad[key])
+        set_learning_rate(torch_optimizer, float(schedule(count)))
+        torch_optimizer.step()
+    for key, p in module.named_parameters():
+        assert relative_error(flax_params[key], p.detach().numpy()) <= 1e-5, key
+
+
+def test_schedules():
+    plan = StepPlan(steps_per_epoch=10, grad_accum=1, epochs=8)
+    lr = lambda **kw: make_schedule(TrainConfig(lr=0.4, epochs=8, **kw), plan)  # noqa: E731
+    cosine = lr(schedule="cosine", warmup_epochs=1)
+    assert float(cosine(0)) == 0 and float(cosine(10)) == pytest.approx(0.4) and float(cosine(80)) < 1e-6
+    assert float(cosine(5)) == pytest.approx(0.2) and float(cosine(45)) == pytest.approx(0.2, rel=1e-5)
+    multistep = lr(schedule="multistep")  # default milestones: 50% and 75% of the epochs
+    assert [float(multistep(s)) for s in (39, 40, 59, 60)] == pytest.approx([0.4, 0.04, 0.04, 0.004])
+    onecycle = lr(schedule="onecycle")
+    assert float(onecycle(0)) == pytest.approx(0.4 / 25) and float(onecycle(24)) == pytest.approx(0.4)
+    assert float(onecycle(80)) == pytest.approx(0.4 / 25 / 1e4, rel=1e-3)
+    accumulated = make_schedule(TrainConfig(lr=0.4, epochs=8, schedule="multistep", grad_accum=2),
+                                StepPlan(10, 2, 8))
+    assert float(accumulated(19)) == pytest.approx(0.4) and float(accumulated(20)) == pytest.approx(0.04)
+    assert float(lr(schedule="constant")(55)) == pytest.approx(0.4)
