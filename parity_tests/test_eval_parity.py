@@ -33,7 +33,7 @@ def test_every_stage_and_the_logits_match(twins):
         with torch.no_grad():
             expected = torch_model.stages(torch.from_numpy(nchw))
         actual = _stages(flax_model, nhwc)
-        assert list(actual) == list(expected)
+        assert sorted(actual) == sorted(expected)  # jit returns dict keys sorted
         for stage, value in expected.items():
             value = to_nhwc(value.numpy())
             assert actual[stage].shape == value.shape, (stage, height, width)
