@@ -7,15 +7,12 @@ way back, Flax -> torch, is bit-exact.
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 from flax_resnet.porting import to_torch_state_dict
 from flax_resnet.registry import MODELS
 from parity_tests.twins import input_sizes, make_twins, random_images, relative_error, to_nhwc
 
 TOLERANCE = 1e-5
-
-_stages = nnx.jit(lambda model, images: model.stages(images))
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -32,8 +29,9 @@ def test_every_stage_and_the_logits_match(twins):
         nchw, nhwc = random_images(name, 2, height, width, seed=height)
         with torch.no_grad():
             expected = torch_model.stages(torch.from_numpy(nchw))
-        actual = _stages(flax_model, nhwc)
-        assert sorted(actual) == sorted(expected)  # jit returns dict keys sorted
+        # Op by op, not jitted: variants share layer shapes, so compiled ops are reused.
+        actual = flax_model.stages(nhwc)
+        assert list(actual) == list(expected)
         for stage, value in expected.items():
             value = to_nhwc(value.numpy())
             assert actual[stage].shape == value.shape, (stage, height, width)

@@ -45,8 +45,9 @@ def _loss(model, images, weights):
     return (logits * weights).sum(), logits
 
 
-# One XLA compilation of the whole step costs far less than compiling op by op.
-_value_and_grad = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))
+# Op by op, not jitted: the variants share most layer shapes, so the ops compiled for one are
+# reused by the next, where a jitted step would compile every variant's whole graph anew.
+_value_and_grad = nnx.value_and_grad(_loss, has_aux=True)
 
 
 def flax_step(model, images, weights):
