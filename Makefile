@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PYTHON) -m pytest parity_tests -n 2 --durations=20
+	$(PYTHON) -m pytest parity_tests -n 2 --dist loadgroup --durations=20
 
 train: $(STAMP)
 	$(PYTHON) scripts/train.py

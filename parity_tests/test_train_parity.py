@@ -25,6 +25,9 @@ from flax_resnet.porting import state_to_torch, to_torch_state_dict
 from flax_resnet.registry import MODELS, resolve
 from parity_tests.twins import family, gradient_errors, make_twins, random_images, relative_error
 
+# Up to ~10 GB per process for the largest nets in float64: keep these on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("train_step")
+
 TOLERANCE = 1e-4
 FLOAT64_TOLERANCE = 1e-6
 # Flax-vs-torch compares two noisy float32 results; plain34's gradients measured 4.0x torch's own.
