@@ -5,6 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+
+from flax_resnet import xla_cpu
 
 # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu'), a plain (untruncated) normal.
 kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -21,6 +24,19 @@ def _torch_default_bias(fan_in: int):
     return init
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`jax.lax.conv_general_dilated`; on CPU a plain NHWC convolution runs as `xla_cpu.conv`."""
+    plain = (lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1)) and precision is None
+             and all(v is None for v in kwargs.values())
+             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, xla_cpu.NHWC))
+    if plain and xla_cpu.enabled():
+        return xla_cpu.conv(lhs, rhs, window_strides, padding, feature_group_count)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
 def conv(in_channels, out_channels, kernel_size, *, rngs, stride=1, padding=None, groups=1,
          bias=False, init="kaiming"):
     """A Conv2d twin. `padding` defaults to k // 2 on every side, as torch's ResNets pad.
@@ -34,7 +50,8 @@ def conv(in_channels, out_channels, kernel_size, *, rngs, stride=1, padding=None
     return nnx.Conv(
         in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
         padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=bias,
-        kernel_init=kernel_init, bias_init=_torch_default_bias(fan_in), rngs=rngs,
+        kernel_init=kernel_init, bias_init=_torch_default_bias(fan_in),
+        conv_general_dilated=conv_general_dilated, rngs=rngs,
     )
 
 
@@ -89,12 +106,12 @@ class BatchNorm(nnx.Module):
 
 def max_pool(x, kernel_size: int, stride: int, padding: int = 0):
     """MaxPool2d: the padding is -inf, so it never wins (zero padding would, before a ReLU)."""
+    if xla_cpu.enabled():
+        return xla_cpu.max_pool(x, kernel_size, stride, padding)
     pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
     # A Python -inf (not an array) lets JAX see a max-pool and use its gradient rule; an array
     # init value makes it a generic reduce_window, which jit(grad(...)) cannot differentiate.
-    return jax.lax.reduce_window(
-        x, -jnp.inf, jax.lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), pad,
-    )
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), pad)
 
 
 def global_avg_pool(x):

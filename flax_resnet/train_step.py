@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flax_resnet import xla_cpu
 from flax_resnet.augment import AugmentSpec, eval_transform, train_transform
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -131,19 +132,25 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 # flax_resnet.optim.make_optimizer) and settings gets the same jitted function, already compiled.
 @functools.lru_cache(maxsize=8)
 def jit_train_step(graphdef, tx, mesh: Mesh, *, augment: AugmentSpec, precision: str = "fp32",
-                   label_smoothing: float = 0.0):
-    """train_step, jitted over `mesh`: (state, batch, rng) -> (state, metrics). The state is donated."""
+                   label_smoothing: float = 0.0, cpu_tuned: bool = True):
+    """train_step, jitted over `mesh`: (state, batch, rng) -> (state, metrics). The state is donated.
+
+    `cpu_tuned`: compile with `xla_cpu.COMPILER_OPTIONS` on CPU (False: XLA's defaults).
+    """
     step = functools.partial(train_step, graphdef, tx=tx, augment=augment, precision=precision,
                              label_smoothing=label_smoothing)
     return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
+                   compiler_options=xla_cpu.compiler_options(cpu_tuned))
 
 
 @functools.lru_cache(maxsize=8)
-def jit_eval_step(graphdef, mesh: Mesh, *, augment: AugmentSpec, precision: str = "fp32"):
+def jit_eval_step(graphdef, mesh: Mesh, *, augment: AugmentSpec, precision: str = "fp32",
+                  cpu_tuned: bool = True):
     """eval_step, jitted over `mesh`: (state, batch) -> metric sums."""
     step = functools.partial(eval_step, graphdef, augment=augment, precision=precision)
-    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh))
+    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh),
+                   compiler_options=xla_cpu.compiler_options(cpu_tuned))
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh):

@@ -193,7 +193,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         for epoch in range(len(history) + 1, config.epochs + 1):
             start = time.perf_counter()
             state, train_totals, train_seconds = train_epoch(
-                train_step, state, rng, data, config, epoch, mesh, last_good=len(history), workdir=workdir)
+                train_step, state, rng, data, config, epoch, mesh, last_good=len(history), run_dir=workdir.path)
             test_totals = evaluate(eval_step, state, data.test_images, data.test_labels,
                                    setup.eval_batch_size, mesh)
             step = int(state.step)
@@ -236,7 +236,7 @@ def compile_ahead(train_step, eval_step, state, rng, data: Dataset, config: Trai
 
 
 def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoch: int, mesh, *,
-                last_good: int, workdir: Workdir):
+                last_good: int, run_dir):
     """One pass over the shuffled training set. Returns (state, metric sums, seconds)."""
     batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
     totals, start, last_refresh = None, time.perf_counter(), 0.0
@@ -248,7 +248,7 @@ def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoc
             now = time.perf_counter()
             if now - last_refresh >= REFRESH_SECONDS or index == len(batches):
                 last_refresh, sums = now, _host(totals)  # waits for the device: a sync point
-                check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=workdir.path)
+                check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
                 bar.set_postfix(live_metrics(sums, now - start), refresh=False)
             bar.update()
     return state, sums, time.perf_counter() - start

@@ -70,7 +70,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         step, totals, train_seconds = train_epoch(model, optimizer, augment_steps, rng, data, config, epoch, step,
-                                                  last_good=len(history), workdir=workdir)
+                                                  last_good=len(history), run_dir=workdir.path)
         test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
         lr = float(schedule((step - 1) // config.grad_accum))
         record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
@@ -92,7 +92,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
 
 
 def train_epoch(model, optimizer, augment_steps, rng, data: Dataset, config: TrainConfig, epoch: int, step: int,
-                *, last_good: int, workdir: Workdir):
+                *, last_good: int, run_dir):
     """One pass over the shuffled training set. Returns (step, metric sums, seconds)."""
     batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
     totals, start, last_refresh = {"loss": 0.0, "correct": 0.0, "count": 0.0}, time.perf_counter(), 0.0
@@ -103,7 +103,7 @@ def train_epoch(model, optimizer, augment_steps, rng, data: Dataset, config: Tra
                                  precision=config.precision, label_smoothing=config.label_smoothing)
             step += 1
             totals = {key: totals[key] + metrics[key] for key in totals}
-            check_finite(totals["loss"], epoch=epoch, step=index, last_good=last_good, workdir=workdir.path)
+            check_finite(totals["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
             now = time.perf_counter()
             if now - last_refresh >= REFRESH_SECONDS:
                 last_refresh = now

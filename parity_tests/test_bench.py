@@ -1,0 +1,116 @@
+"""The benchmark: it runs end to end on a tiny config, times the same computation in both
+frameworks, and reports failures instead of crashing. No test here asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from flax import nnx
+
+from flax_resnet import benchmark
+from flax_resnet.augment import AugmentSpec, eval_transform
+from flax_resnet.config import TrainConfig
+from flax_resnet.porting import load_torch_state_dict
+from flax_resnet.train_step import data_mesh, jit_train_step, put_batch, split_model
+from parity_tests.twins import make_twins, relative_error
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--model", "resnet20", "--batch-size", "4", "--image-size", "16", "--steps", "1", "--warmup", "0"]
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_prints_a_table_then_one_json_line():
+    done = run_bench(*TINY, "--no-torch-compile", "--untuned", "--no-loop")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert (result["model"], result["batch_size"], result["image_size"]) == ("resnet20", 4, 16)
+    for key in ("flax_train", "flax_untuned_train", "torch_train", "flax_eval", "flax_untuned_eval", "torch_eval"):
+        assert result[f"{key}_img_per_s"] > 0, key
+        assert f"{key.replace('_', ' ')}" in done.stdout  # a table row per contestant
+    assert result["torch_compile_train_img_per_s"] is None  # skipped, still present
+    assert result["flax_vs_torch_train"] > 0 and result["flax_untuned_vs_torch_eval"] > 0
+    assert result["flax_train_xla_buffers_mib"] > 0
+    assert "loop_overhead" not in result
+
+
+def test_bad_options_exit_with_one_line():
+    done = run_bench(*TINY, "--stem", "imagenet")  # the CIFAR nets take no stem option
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith("error: resnet20 does not take option(s) stem")
+    assert "Traceback" not in done.stderr
+
+
+def test_a_failing_torch_compile_is_reported_not_raised(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    config = benchmark.BenchConfig("resnet20", batch_size=2, image_size=16, steps=1, warmup=0, eval=False,
+                                   measure_memory=False)
+    result = benchmark.run_benchmark(config)
+    assert "no C++ compiler here" in result["torch_compile_train_error"]
+    assert result["torch_compile_train_img_per_s"] is None
+    assert result["flax_train_img_per_s"] > 0 and result["torch_train_img_per_s"] > 0
+    assert "failed: RuntimeError: no C++ compiler here" in benchmark.format_table(result)
+
+
+def test_both_frameworks_see_the_same_pixels():
+    config = benchmark.BenchConfig("resnet20", batch_size=3, image_size=5)
+    pixels, images, labels = benchmark._batch(config, 3, 10)
+    assert pixels.dtype == np.uint8 and images.dtype == np.float32 and labels.dtype == np.int32
+    augment = AugmentSpec(mean=(benchmark.PIXEL_MEAN,) * 3, std=(benchmark.PIXEL_STD,) * 3)
+    flax_view = np.asarray(eval_transform(jnp.asarray(pixels), augment, jnp.float32))
+    assert relative_error(flax_view, images.transpose(0, 2, 3, 1)) <= 1e-6
+
+
+def test_both_contestants_take_the_same_train_step():
+    """The Flax contestant is the library's train step; from twin weights, one SGD step of each gives
+    the same loss and the same new weights."""
+    torch_model, flax_model = make_twins("resnet20", seed=2)
+    config = benchmark.BenchConfig("resnet20", batch_size=4, image_size=16)
+    pixels, images, labels = benchmark._batch(config, 3, 10)
+    tx = optax.sgd(0.1, momentum=0.9)
+    graphdef, _, state = split_model(flax_model, tx)
+    mesh = data_mesh(jax.devices()[:1])
+    augment = AugmentSpec(mean=(benchmark.PIXEL_MEAN,) * 3, std=(benchmark.PIXEL_STD,) * 3)
+    step = jit_train_step(graphdef, tx, mesh, augment=augment)
+    state, metrics = step(state, put_batch({"image": pixels, "label": labels}, mesh), jax.random.key(0))
+
+    optimizer = torch.optim.SGD(torch_model.parameters(), lr=0.1, momentum=0.9)
+    torch_step = benchmark.make_torch_train_step(torch_model, optimizer)
+    torch_loss = torch_step(torch.from_numpy(images), torch.from_numpy(labels).long())
+
+    assert relative_error(float(metrics["loss"]) / 4, torch_loss.item()) <= 1e-5
+    load_torch_state_dict(flax_model, torch_model.state_dict())  # torch's new weights, Flax layout
+    for ours, theirs in zip(jax.tree.leaves(state.params), jax.tree.leaves(nnx.state(flax_model, nnx.Param))):
+        assert relative_error(ours, theirs) <= 1e-4
+
+
+def test_training_loop_is_timed_against_its_bare_step():
+    config = TrainConfig(batch_size=500, progress=False)
+    result = benchmark.measure_training_loop(config, rounds=1)
+    assert result["loop_model"] == config.model and result["loop_batch_size"] == 500
+    assert result["loop_steps_per_epoch"] >= 1
+    assert result["loop_step_ms"] > 0 and result["bare_step_ms"] > 0
+    assert result["loop_overhead"] == pytest.approx(result["loop_step_ms"] / result["bare_step_ms"] - 1)
+
+
+def test_peak_heap_increase_sees_an_allocation():
+    size_mib = 64
+    peak = benchmark.peak_heap_increase_mib(lambda: np.ones(size_mib * 2**20 // 8).sum())
+    assert size_mib * 0.95 <= peak <= size_mib * 1.5
