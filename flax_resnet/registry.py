@@ -135,3 +135,20 @@ def resolve(name: str, num_classes: int | None, in_channels: int | None, options
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     return spec, num_classes, in_channels, resolved
+
+
+def resnet_arguments(spec: ModelSpec, num_classes: int, in_channels: int, options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of the generic `ResNet` (both frameworks') for a resolved variant.
+
+    `BLOCKS[spec.family, spec.block]` is the block class; the seed nets ('d2l', 'mnist') have
+    classes of their own and no such arguments.
+    """
+    stem = options.get("stem", spec.stem)
+    return {
+        "widths": spec.widths, "num_classes": num_classes, "in_channels": in_channels, "stem": stem,
+        "maxpool": options.get("maxpool", stem == "imagenet"), "stem_width": spec.stem_width,
+        "shortcut": options.get("shortcut", "B") if spec.residual else None, "groups": spec.groups,
+        "base_width": spec.base_width, "preact": spec.family == "preact",
+        "zero_init_residual": options.get("zero_init_residual", False),
+    }
+

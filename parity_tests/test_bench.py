@@ -16,11 +16,13 @@ import pytest
 import torch
 from flax import nnx
 
-from flax_resnet import benchmark
-from flax_resnet.augment import AugmentSpec, eval_transform
-from flax_resnet.config import TrainConfig
-from flax_resnet.porting import load_torch_state_dict
-from flax_resnet.train_step import data_mesh, jit_train_step, put_batch, split_model
+from flax_resnet.studies import benchmark, timing
+from torch_ref.studies import benchmark as torch_benchmark
+from flax_resnet.training.augment import AugmentSpec
+from flax_resnet.training.device_transforms import eval_transform
+from flax_resnet.training.config import TrainConfig
+from flax_resnet.porting.state_dict import load_torch_state_dict
+from flax_resnet.training.step import data_mesh, jit_train_step, put_batch, split_model
 from parity_tests.twins import make_twins, relative_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,20 +62,20 @@ def test_a_failing_torch_compile_is_reported_not_raised(monkeypatch):
         raise RuntimeError("no C++ compiler here")
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    config = benchmark.BenchConfig("resnet20", batch_size=2, image_size=16, steps=1, warmup=0, eval=False,
-                                   measure_memory=False)
-    result = benchmark.run_benchmark(config)
+    config = timing.BenchConfig("resnet20", batch_size=2, image_size=16, steps=1, warmup=0, eval=False,
+                                measure_memory=False)
+    result = timing.run_benchmark(config)
     assert "no C++ compiler here" in result["torch_compile_train_error"]
     assert result["torch_compile_train_img_per_s"] is None
     assert result["flax_train_img_per_s"] > 0 and result["torch_train_img_per_s"] > 0
-    assert "failed: RuntimeError: no C++ compiler here" in benchmark.format_table(result)
+    assert "failed: RuntimeError: no C++ compiler here" in timing.format_table(result)
 
 
 def test_both_frameworks_see_the_same_pixels():
-    config = benchmark.BenchConfig("resnet20", batch_size=3, image_size=5)
-    pixels, images, labels = benchmark._batch(config, 3, 10)
+    config = timing.BenchConfig("resnet20", batch_size=3, image_size=5)
+    pixels, images, labels = timing.bench_batch(config, 3, 10)
     assert pixels.dtype == np.uint8 and images.dtype == np.float32 and labels.dtype == np.int32
-    augment = AugmentSpec(mean=(benchmark.PIXEL_MEAN,) * 3, std=(benchmark.PIXEL_STD,) * 3)
+    augment = AugmentSpec(mean=(timing.PIXEL_MEAN,) * 3, std=(timing.PIXEL_STD,) * 3)
     flax_view = np.asarray(eval_transform(jnp.asarray(pixels), augment, jnp.float32))
     assert relative_error(flax_view, images.transpose(0, 2, 3, 1)) <= 1e-6
 
@@ -82,17 +84,17 @@ def test_both_contestants_take_the_same_train_step():
     """The Flax contestant is the library's train step; from twin weights, one SGD step of each gives
     the same loss and the same new weights."""
     torch_model, flax_model = make_twins("resnet20", seed=2)
-    config = benchmark.BenchConfig("resnet20", batch_size=4, image_size=16)
-    pixels, images, labels = benchmark._batch(config, 3, 10)
+    config = timing.BenchConfig("resnet20", batch_size=4, image_size=16)
+    pixels, images, labels = timing.bench_batch(config, 3, 10)
     tx = optax.sgd(0.1, momentum=0.9)
     graphdef, _, state = split_model(flax_model, tx)
     mesh = data_mesh(jax.devices()[:1])
-    augment = AugmentSpec(mean=(benchmark.PIXEL_MEAN,) * 3, std=(benchmark.PIXEL_STD,) * 3)
+    augment = AugmentSpec(mean=(timing.PIXEL_MEAN,) * 3, std=(timing.PIXEL_STD,) * 3)
     step = jit_train_step(graphdef, tx, mesh, augment=augment)
     state, metrics = step(state, put_batch({"image": pixels, "label": labels}, mesh), jax.random.key(0))
 
     optimizer = torch.optim.SGD(torch_model.parameters(), lr=0.1, momentum=0.9)
-    torch_step = benchmark.make_torch_train_step(torch_model, optimizer)
+    torch_step = torch_benchmark.make_torch_train_step(torch_model, optimizer)
     torch_loss = torch_step(torch.from_numpy(images), torch.from_numpy(labels).long())
 
     assert relative_error(float(metrics["loss"]) / 4, torch_loss.item()) <= 1e-5
@@ -112,5 +114,5 @@ def test_training_loop_is_timed_against_its_bare_step():
 
 def test_peak_heap_increase_sees_an_allocation():
     size_mib = 64
-    peak = benchmark.peak_heap_increase_mib(lambda: np.ones(size_mib * 2**20 // 8).sum())
+    peak = timing.peak_heap_increase_mib(lambda: np.ones(size_mib * 2**20 // 8).sum())
     assert size_mib * 0.95 <= peak <= size_mib * 1.5

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flax_resnet.porting import to_torch_state_dict
+from flax_resnet.porting.state_dict import to_torch_state_dict
 from flax_resnet.registry import MODELS
 from parity_tests.twins import input_sizes, make_twins, random_images, relative_error, to_nhwc
 

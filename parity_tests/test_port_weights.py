@@ -22,13 +22,14 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.checkpoint import CheckpointError, full_kwargs, model_skeleton
-from flax_resnet.inference import AmbiguousVariantError, VariantError, infer_variant
-from flax_resnet.porting import load_torch_state_dict, to_torch_state_dict
+from flax_resnet.porting.checkpoint import CheckpointError, full_kwargs, model_skeleton
+from flax_resnet.porting.inference import AmbiguousVariantError, VariantError, infer_variant
+from flax_resnet.porting import port as port_sequence
+from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict
 from flax_resnet.registry import MODELS
-from flax_resnet.seeds import MnistResNet
-from flax_resnet.torch_files import read_torch_file, write_torch_file
-from flax_resnet.verify import DEFAULT_TOLERANCE, verify_port
+from flax_resnet.models.seeds import MnistResNet
+from flax_resnet.porting.torch_files import read_torch_file, write_torch_file
+from flax_resnet.porting.verify import DEFAULT_TOLERANCE, verify_port
 from parity_tests.twins import randomize_batchnorm
 
 # After a failed read of damaged arrays, orbax's pending reads are dropped from tensorstore's own
@@ -159,7 +160,7 @@ def test_checkpoint_round_trip_rebuilds_the_variant_bit_exact(tmp_path):
     model = flax_model_from(state, "resnet20", **kwargs)
     flax_resnet.save(model, tmp_path / "ckpt", model_name="resnet20", model_kwargs=kwargs)
     loaded = flax_resnet.load(tmp_path / "ckpt")
-    assert flax_resnet.checkpoint.model_recipe(loaded) == ("resnet20", full_kwargs("resnet20", kwargs))
+    assert flax_resnet.porting.checkpoint.model_recipe(loaded) == ("resnet20", full_kwargs("resnet20", kwargs))
     assert_same_weights(to_torch_state_dict(loaded), state)
     # A loaded model knows its variant, so saving it again needs no arguments.
     flax_resnet.save(loaded, tmp_path / "again")
@@ -418,15 +419,15 @@ def test_verify_names_the_stage_of_a_planted_divergence(resnet20_b, stage):
 
 def test_verify_on_the_command_line_catches_a_porting_bug(tmp_path, capsys, resnet20_b, monkeypatch):
     write_torch_file(resnet20_b, tmp_path / "w.pth")
-    real_load = port_weights.load_torch_state_dict
+    real_load = port_sequence.load_torch_state_dict
 
     def buggy_load(model, state_dict):
         real_load(model, state_dict)
         swap_two_channels_statistics(model.layer2.layers[0].bn1)
 
-    monkeypatch.setattr(port_weights, "load_torch_state_dict", buggy_load)
+    monkeypatch.setattr(port_sequence, "load_torch_state_dict", buggy_load)
     status, out, err = run([tmp_path / "w.pth", tmp_path / "out_flax", "--verify"], capsys)
-    assert status == port_weights.VERIFY_FAILED
+    assert status == port_sequence.VERIFY_FAILED
     assert "verify: FAILED, first diverging stage: layer2" in out
     assert err.count("\n") == 1 and "out_flax not written" in err and "diverges first at layer2" in err
     assert not (tmp_path / "out_flax").exists()

@@ -15,13 +15,13 @@ from flax import nnx
 import flax_resnet
 import torch_ref
 from flax_resnet import layers
-from flax_resnet.porting import from_torch_layout, load_torch_state_dict, to_torch_layout
+from flax_resnet.porting.state_dict import from_torch_layout, load_torch_state_dict, to_torch_layout
 from parity_tests.twins import make_twins, random_images, relative_error
 
 
 def ported_conv(kernel_size, stride, groups=1, channels=(8, 16)):
     torch.manual_seed(0)
-    torch_conv = torch_ref.layers.conv(*channels, kernel_size, stride=stride, groups=groups)
+    torch_conv = torch_ref.models.layers.conv(*channels, kernel_size, stride=stride, groups=groups)
     flax_conv = layers.conv(*channels, kernel_size, stride=stride, groups=groups, rngs=nnx.Rngs(0))
     flax_conv.kernel[...] = jnp.asarray(from_torch_layout(torch_conv.weight.detach().numpy(), "kernel"))
     return torch_conv, flax_conv
@@ -101,7 +101,7 @@ def test_flatten_is_channel_major_as_in_torch():
 
 
 def batchnorm_pair(channels=6):
-    torch_bn = torch_ref.layers.BatchNorm(channels)
+    torch_bn = torch_ref.models.layers.BatchNorm(channels)
     flax_bn = layers.BatchNorm(channels)
     return torch_bn, flax_bn
 
@@ -180,13 +180,13 @@ def test_projection_exactly_where_shape_changes(name, projections):
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads():
-    shortcut = flax_resnet.blocks.ZeroPadShortcut(16, 32, 2)
+    shortcut = flax_resnet.models.blocks.ZeroPadShortcut(16, 32, 2)
     x = np.random.default_rng(0).standard_normal((2, 8, 8, 16)).astype(np.float32)
     out = np.asarray(shortcut(x))
     assert out.shape == (2, 4, 4, 32)
     np.testing.assert_array_equal(out[..., 8:24], x[:, ::2, ::2, :])
     assert not out[..., :8].any() and not out[..., 24:].any()
-    torch_out = torch_ref.blocks.ZeroPadShortcut(16, 32, 2)(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+    torch_out = torch_ref.models.blocks.ZeroPadShortcut(16, 32, 2)(torch.from_numpy(x.transpose(0, 3, 1, 2)))
     np.testing.assert_array_equal(torch_out.numpy().transpose(0, 2, 3, 1), out)
 
 

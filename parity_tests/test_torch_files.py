@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from flax_resnet.torch_files import WeightFileError, read_torch_file, write_torch_file
+from flax_resnet.porting.torch_files import WeightFileError, read_torch_file, write_torch_file
 
 SUFFIXES = (".pth", ".pt", ".safetensors")
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from flax import nnx
 
-from flax_resnet.porting import state_to_torch, to_torch_state_dict
+from flax_resnet.porting.state_dict import state_to_torch, to_torch_state_dict
 from flax_resnet.registry import MODELS, resolve
 from parity_tests.twins import family, gradient_errors, make_twins, random_images, relative_error
 

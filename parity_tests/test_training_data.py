@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flax_resnet import augment
-from flax_resnet.data import DataError, load_dataset
+from flax_resnet.training.data import DataError, load_dataset
 from parity_tests.training_fixtures import make_cifar_folder, make_mnist_folder
 
 # --------------------------------------------------------------------------------------------

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from flax_resnet.trainer import train
+from flax_resnet.training import train
 from parity_tests.training_fixtures import mnist_dir, tiny  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parent.parent
 TWO_DEVICES = """
 import json, sys
 import jax
-from flax_resnet.config import TrainConfig
-from flax_resnet.trainer import train
+from flax_resnet.training.config import TrainConfig
+from flax_resnet.training import train
 assert jax.device_count() == 2, jax.devices()
 print(json.dumps(train(TrainConfig.from_json(json.loads(sys.argv[1]))).history))
 """

@@ -16,11 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 import torch_ref
-from flax_resnet.config import (PRESETS, ConfigError, OneLineErrorParser, TrainConfig, add_train_arguments,
+from flax_resnet.training.config import (PRESETS, ConfigError, OneLineErrorParser, TrainConfig, add_train_arguments,
                                 config_from_args)
-from flax_resnet.porting import to_torch_state_dict
+from flax_resnet.porting.state_dict import to_torch_state_dict
 from flax_resnet.registry import MODELS
-from flax_resnet.trainer import TrainingDiverged, train
+from flax_resnet.training import train
+from flax_resnet.training.workdir import TrainingDiverged
 from parity_tests.training_fixtures import assert_same_history, mnist_dir, tiny  # noqa: F401 - a fixture
 from parity_tests.twins import relative_error
 

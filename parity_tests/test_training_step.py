@@ -14,15 +14,17 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.augment import AugmentSpec, eval_transform
-from flax_resnet.config import TrainConfig
-from flax_resnet.optim import StepPlan, make_optimizer, make_schedule
-from flax_resnet.porting import to_torch_state_dict
-from flax_resnet.train_step import cross_entropy, data_mesh, jit_train_step, put_batch, split_model
+from flax_resnet.training.augment import AugmentSpec
+from flax_resnet.training.device_transforms import eval_transform
+from flax_resnet.training.config import TrainConfig
+from flax_resnet.training.optim import make_optimizer, make_schedule
+from flax_resnet.training.setup import StepPlan
+from flax_resnet.porting.state_dict import to_torch_state_dict
+from flax_resnet.training.step import cross_entropy, data_mesh, jit_train_step, put_batch, split_model
 from parity_tests.twins import relative_error
-from torch_ref.optim import make_optimizer as make_torch_optimizer
-from torch_ref.optim import set_learning_rate
-from torch_ref.train_step import train_step as torch_train_step
+from torch_ref.training.optim import make_optimizer as make_torch_optimizer
+from torch_ref.training.optim import set_learning_rate
+from torch_ref.training.step import train_step as torch_train_step
 
 PLAIN = AugmentSpec(mean=(0.5,), std=(0.25,))  # normalize only: no randomness in the comparison
 SHAPES = {"mnist_resnet": (28, 28, 1), "resnet20": (16, 16, 1)}

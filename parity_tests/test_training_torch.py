@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import torch_ref
-from flax_resnet.config import TrainConfig
-from flax_resnet.trainer import train
+from flax_resnet.training.config import TrainConfig
+from flax_resnet.training import train
 from parity_tests.training_fixtures import assert_same_history, mnist_dir, tiny  # noqa: F401 - a fixture
 from parity_tests.twins import relative_error
 

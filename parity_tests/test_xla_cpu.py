@@ -12,8 +12,8 @@ import torch
 from flax import nnx
 
 import flax_resnet
-from flax_resnet import xla_cpu
-from flax_resnet.train_step import _cast_floating, cross_entropy
+from flax_resnet.models import xla_cpu
+from flax_resnet.training.step import _cast_floating, cross_entropy
 from parity_tests.twins import relative_error
 
 

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from flax_resnet.config import TrainConfig
+from flax_resnet.training.config import TrainConfig
 
 TIMING = ("images_per_sec", "seconds")  # the only metrics that differ between identical runs
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.porting import load_torch_state_dict
+from flax_resnet.porting.state_dict import load_torch_state_dict
 from flax_resnet.registry import MODELS
 
 

@@ -16,9 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from tqdm import tqdm  # noqa: E402
 
-from flax_resnet.benchmark import (PRECISIONS, BenchConfig, format_table, measure_training_loop,  # noqa: E402
-                                   run_benchmark)
 from flax_resnet.registry import MODELS, OPTION_CHOICES  # noqa: E402
+from flax_resnet.studies.timing import PRECISIONS, BenchConfig, format_table  # noqa: E402
 
 
 def _bool(text: str) -> bool:
@@ -73,6 +72,10 @@ def main(argv=None) -> int:
     if args.train_only and args.eval_only:
         print("error: --train-only and --eval-only leave nothing to measure", file=sys.stderr)
         return 2
+    # Imported after the arguments are checked: JAX and torch take seconds to load.
+    from flax_resnet.studies.benchmark import measure_training_loop
+    from flax_resnet.studies.timing import run_benchmark
+
     with tqdm(desc="bench", unit="stage", leave=False) as bar:
         def progress(message):
             bar.set_postfix_str(message)

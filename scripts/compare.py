@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.config import PRESETS, ConfigError, OneLineErrorParser, add_train_arguments  # noqa: E402
-from flax_resnet.experiments import EXPERIMENTS, comparison_configs  # noqa: E402
+from flax_resnet.training.config import PRESETS, ConfigError, OneLineErrorParser, add_train_arguments  # noqa: E402
+from flax_resnet.studies.experiments import EXPERIMENTS, comparison_configs  # noqa: E402
 
 OWN_OPTIONS = ("models", "experiment", "recipe")
 
@@ -53,9 +53,9 @@ def main(argv=None) -> int:
         parser.error(str(error))
 
     # Imported after the arguments are checked: JAX and torch take seconds to load.
-    from flax_resnet.data import DataError
-    from flax_resnet.experiments import compare
-    from flax_resnet.trainer import TrainingDiverged
+    from flax_resnet.training.data import DataError
+    from flax_resnet.studies.experiments import compare
+    from flax_resnet.training.workdir import TrainingDiverged
 
     first = next(iter(configs.values()))
     title = f"{own['experiment'] or 'comparison'} on {first.dataset} ({first.framework})"

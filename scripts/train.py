@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.config import ConfigError, OneLineErrorParser, add_train_arguments, config_from_args  # noqa: E402
+from flax_resnet.training.config import ConfigError, OneLineErrorParser, add_train_arguments, config_from_args  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,8 +27,9 @@ def main(argv=None) -> int:
         parser.error(str(error))
 
     # Imported after the arguments are checked: JAX and torch take seconds to load.
-    from flax_resnet.data import DataError
-    from flax_resnet.trainer import TrainingDiverged, train
+    from flax_resnet.training.data import DataError
+    from flax_resnet.training import train
+    from flax_resnet.training.workdir import TrainingDiverged
 
     try:
         train(config)

@@ -1,0 +1,90 @@
+"""Files that appear complete or not at all, and errors that name the path. Plain Python.
+
+Every file the project writes (weights, checkpoints' metadata, config.json, metrics, plots) goes
+through `atomic_file` or `atomic_directory`: written under a temporary name in the same folder,
+then renamed onto the target, so an interrupted write never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class PathError(ValueError):
+    """A file or directory that cannot be used; the message names the path and the problem."""
+
+    def __init__(self, path, problem: str):
+        self.path, self.problem = os.fspath(path), problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def summarize(items, limit: int = 5) -> str:
+    """'a, b, c and 7 more': a list short enough for a one-line message."""
+    items = [str(item) for item in items]
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_file(path) -> Iterator[str]:
+    """Yield a temporary path beside `path`; move it onto `path` only if the block succeeds."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise PathError(path, f"folder {folder} does not exist")
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                         dir=folder)
+    os.close(handle)
+    try:
+        yield temporary
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        os.chmod(temporary, 0o666 & ~_current_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path) -> Iterator[str]:
+    """Yield a temporary directory beside `path`; swap it in only if the block succeeds."""
+    folder, base = os.path.split(os.path.abspath(path))
+    temporary = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o777 & ~_current_umask())  # mkdtemp makes it private
+        if os.path.lexists(path):
+            retired = temporary + ".old"
+            os.rename(path, retired)
+            os.rename(temporary, path)
+            shutil.rmtree(retired)
+        else:
+            os.rename(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def write_json(path, value: Any) -> None:
+    """Write `value` as indented JSON, atomically."""
+    with atomic_file(path) as temporary:
+        Path(temporary).write_text(json.dumps(value, indent=2) + "\n")
+
+
+def write_text(path, text: str) -> None:
+    """Write `text`, atomically."""
+    with atomic_file(path) as temporary:
+        Path(temporary).write_text(text)

@@ -1,0 +1,51 @@
+"""The models in Flax NNX: layers, residual blocks, the generic ResNet and the study notes' nets."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from flax_resnet.models.blocks import BLOCKS
+from flax_resnet.models.resnet import ResNet
+from flax_resnet.models.seeds import D2LResNet18, MnistResNet
+from flax_resnet.registry import resnet_arguments, resolve
+
+__all__ = ["ResNet", "D2LResNet18", "MnistResNet", "create_model"]
+
+# What `flax_resnet.save` needs to rebuild a model: `(name, ((key, value), ...))`, a tuple of
+# tuples so the attribute stays hashable graph data.
+RECIPE_ATTRIBUTE = "created_with"
+
+
+def create_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
+                 rngs: nnx.Rngs, **options) -> nnx.Module:
+    """Build a registered variant. Input is NHWC float32.
+
+    num_classes and in_channels default to the variant's own (1000 and 3 for the ImageNet nets,
+    10 classes for the CIFAR nets, 10 classes and 1 channel for the seed nets). Options:
+    stem ('imagenet' | 'cifar'), maxpool, zero_init_residual, and for CIFAR nets shortcut ('A' | 'B').
+    Raises ValueError naming the valid choices for an unknown name or option.
+    """
+    spec, num_classes, in_channels, options = resolve(name, num_classes, in_channels, options)
+    model = _build(spec, num_classes, in_channels, options, rngs)
+    attach_recipe(model, name, {"num_classes": num_classes, "in_channels": in_channels, **options})
+    return model
+
+
+def attach_recipe(model: nnx.Module, name: str, kwargs) -> None:
+    """Record on the model how to build it again, so `save(model, path)` needs no arguments."""
+    setattr(model, RECIPE_ATTRIBUTE, (name, tuple(kwargs.items())))
+
+
+def model_recipe(model: nnx.Module):
+    """`(name, kwargs)` recorded by `attach_recipe`, or None."""
+    recipe = getattr(model, RECIPE_ATTRIBUTE, None)
+    return None if recipe is None else (recipe[0], dict(recipe[1]))
+
+
+def _build(spec, num_classes, in_channels, options, rngs) -> nnx.Module:
+    if spec.family == "d2l":
+        return D2LResNet18(num_classes=num_classes, in_channels=in_channels, rngs=rngs)
+    if spec.family == "mnist":
+        return MnistResNet(num_classes=num_classes, in_channels=in_channels, rngs=rngs)
+    return ResNet(BLOCKS[spec.family, spec.block], spec.layers,
+                  **resnet_arguments(spec, num_classes, in_channels, options), rngs=rngs)

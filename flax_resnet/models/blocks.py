@@ -1,0 +1,161 @@
+"""Residual blocks. Attribute names are torchvision's, so they are the checkpoint keys."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flax_resnet.models.layers import BatchNorm, conv
+
+
+class ZeroPadShortcut(nnx.Module):
+    """He et al.'s CIFAR option A: subsample by the stride, zero-pad the new channels.
+
+    Parameter-free. The padding is split evenly before and after the existing channels, as the
+    widely used CIFAR ResNet checkpoints do.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        self.stride = stride
+        self.pad_before = (out_channels - in_channels) // 2
+        self.pad_after = out_channels - in_channels - self.pad_before
+
+    def __call__(self, x):
+        x = x[:, :: self.stride, :: self.stride, :]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (self.pad_before, self.pad_after)))
+
+
+def make_shortcut(kind, in_channels, out_channels, stride, *, rngs, norm=True):
+    """The shortcut branch: None (identity) when shapes already agree.
+
+    kind 'B' is a 1x1 projection (+ BatchNorm unless `norm` is False, as in pre-activation nets);
+    kind 'A' is `ZeroPadShortcut`; kind None means no shortcut at all (plain nets).
+    """
+    if kind is None or (stride == 1 and in_channels == out_channels):
+        return None
+    if kind == "A":
+        return ZeroPadShortcut(in_channels, out_channels, stride)
+    projection = conv(in_channels, out_channels, 1, stride=stride, padding=0, rngs=rngs)
+    if not norm:
+        return nnx.Sequential(projection)
+    return nnx.Sequential(projection, BatchNorm(out_channels))
+
+
+class BasicBlock(nnx.Module):
+    """Two 3x3 convs (ResNet-18/34 and the CIFAR nets). `shortcut=None` makes it a plain block."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
+                 rngs: nnx.Rngs):
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
+        self.residual = shortcut is not None
+        self.conv1 = conv(in_channels, planes, 3, stride=stride, rngs=rngs)
+        self.bn1 = BatchNorm(planes)
+        self.conv2 = conv(planes, planes, 3, rngs=rngs)
+        self.bn2 = BatchNorm(planes)
+        self.downsample = make_shortcut(shortcut, in_channels, planes, stride, rngs=rngs)
+
+    def last_bn(self):
+        return self.bn2
+
+    def __call__(self, x):
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return jax.nn.relu(out)
+
+
+class Bottleneck(nnx.Module):
+    """1x1 -> 3x3 -> 1x1, stride on the 3x3 (ResNet v1.5, as torchvision).
+
+    The 3x3 conv is `int(planes * base_width / 64) * groups` wide and grouped, which gives the wide
+    ResNets and ResNeXt without another class.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
+                 rngs: nnx.Rngs):
+        width = int(planes * (base_width / 64.0)) * groups
+        out_channels = planes * self.expansion
+        self.residual = shortcut is not None
+        self.conv1 = conv(in_channels, width, 1, padding=0, rngs=rngs)
+        self.bn1 = BatchNorm(width)
+        self.conv2 = conv(width, width, 3, stride=stride, groups=groups, rngs=rngs)
+        self.bn2 = BatchNorm(width)
+        self.conv3 = conv(width, out_channels, 1, padding=0, rngs=rngs)
+        self.bn3 = BatchNorm(out_channels)
+        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, rngs=rngs)
+
+    def last_bn(self):
+        return self.bn3
+
+    def __call__(self, x):
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = jax.nn.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return jax.nn.relu(out)
+
+
+class PreActBasicBlock(nnx.Module):
+    """BN -> ReLU -> conv, twice (He et al. 2016). The projection sees the pre-activated input."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
+                 rngs: nnx.Rngs):
+        if groups != 1 or base_width != 64:
+            raise ValueError("PreActBasicBlock supports only groups=1 and base_width=64")
+        self.bn1 = BatchNorm(in_channels)
+        self.conv1 = conv(in_channels, planes, 3, stride=stride, rngs=rngs)
+        self.bn2 = BatchNorm(planes)
+        self.conv2 = conv(planes, planes, 3, rngs=rngs)
+        self.downsample = make_shortcut(shortcut, in_channels, planes, stride, rngs=rngs, norm=False)
+
+    def __call__(self, x):
+        out = jax.nn.relu(self.bn1(x))
+        identity = x if self.downsample is None else self.downsample(out)
+        out = self.conv1(out)
+        out = self.conv2(jax.nn.relu(self.bn2(out)))
+        return out + identity
+
+
+class PreActBottleneck(nnx.Module):
+    """Pre-activation bottleneck, stride on the 3x3."""
+
+    expansion = 4
+
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
+                 rngs: nnx.Rngs):
+        width = int(planes * (base_width / 64.0)) * groups
+        out_channels = planes * self.expansion
+        self.bn1 = BatchNorm(in_channels)
+        self.conv1 = conv(in_channels, width, 1, padding=0, rngs=rngs)
+        self.bn2 = BatchNorm(width)
+        self.conv2 = conv(width, width, 3, stride=stride, groups=groups, rngs=rngs)
+        self.bn3 = BatchNorm(width)
+        self.conv3 = conv(width, out_channels, 1, padding=0, rngs=rngs)
+        self.downsample = make_shortcut(
+            shortcut, in_channels, out_channels, stride, rngs=rngs, norm=False)
+
+    def __call__(self, x):
+        out = jax.nn.relu(self.bn1(x))
+        identity = x if self.downsample is None else self.downsample(out)
+        out = self.conv1(out)
+        out = self.conv2(jax.nn.relu(self.bn2(out)))
+        out = self.conv3(jax.nn.relu(self.bn3(out)))
+        return out + identity
+
+
+BLOCKS = {
+    ("resnet", "basic"): BasicBlock,
+    ("resnet", "bottleneck"): Bottleneck,
+    ("preact", "basic"): PreActBasicBlock,
+    ("preact", "bottleneck"): PreActBottleneck,
+}

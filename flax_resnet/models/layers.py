@@ -1,0 +1,119 @@
+"""Conv, BatchNorm, Linear and pooling with PyTorch's numerics, in NHWC."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from flax_resnet.models import xla_cpu
+
+# torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu'), a plain (untruncated) normal.
+kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch's default for Conv2d and Linear weights: kaiming_uniform_(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
+torch_default_kernel = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _torch_default_bias(fan_in: int):
+    bound = 1.0 / fan_in**0.5 if fan_in > 0 else 0.0
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`jax.lax.conv_general_dilated`; on CPU a plain NHWC convolution runs as `xla_cpu.conv`."""
+    plain = (lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1)) and precision is None
+             and all(v is None for v in kwargs.values())
+             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, xla_cpu.NHWC))
+    if plain and xla_cpu.enabled():
+        return xla_cpu.conv(lhs, rhs, window_strides, padding, feature_group_count)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
+def conv(in_channels, out_channels, kernel_size, *, rngs, stride=1, padding=None, groups=1,
+         bias=False, init="kaiming"):
+    """A Conv2d twin. `padding` defaults to k // 2 on every side, as torch's ResNets pad.
+
+    XLA's 'SAME' would put the odd pixel of a strided conv on the bottom/right only, so the padding
+    is always explicit and symmetric. `init` is 'kaiming' (torchvision) or 'torch' (nn.Conv2d's default).
+    """
+    pad = kernel_size // 2 if padding is None else padding
+    fan_in = in_channels // groups * kernel_size * kernel_size
+    kernel_init = kaiming_normal_fan_out if init == "kaiming" else torch_default_kernel
+    return nnx.Conv(
+        in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
+        padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=bias,
+        kernel_init=kernel_init, bias_init=_torch_default_bias(fan_in),
+        conv_general_dilated=conv_general_dilated, rngs=rngs,
+    )
+
+
+def linear(in_features, out_features, *, rngs):
+    """An nn.Linear twin with torch's default initialization."""
+    return nnx.Linear(
+        in_features, out_features, kernel_init=torch_default_kernel,
+        bias_init=_torch_default_bias(in_features), rngs=rngs,
+    )
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm2d as torch computes it, over every axis but the last.
+
+    Training normalizes with the biased batch variance and moves the running variance toward the
+    *unbiased* one, as torch does (stock Flax uses the biased one, so running statistics drift apart).
+    `momentum` is torch's: running = (1 - momentum) * running + momentum * batch.
+    Statistics are computed in at least float32 whatever the input dtype.
+    """
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
+                 use_running_average: bool = False):
+        self.num_features = num_features
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.use_running_average = use_running_average
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+
+    def __call__(self, x):
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            mean = jnp.mean(x32, axes)
+            # Mean of squared deviations, not E[x^2] - E[x]^2: no cancellation.
+            var = jnp.mean(jnp.square(x32 - mean), axes)
+            count = x.size // x.shape[-1]
+            unbiased_var = var * (count / max(count - 1, 1))
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * mean
+            self.var[...] = (1 - m) * self.var[...] + m * unbiased_var
+            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+        shift = self.bias[...] - mean * inv
+        return (x * inv.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
+
+
+def max_pool(x, kernel_size: int, stride: int, padding: int = 0):
+    """MaxPool2d: the padding is -inf, so it never wins (zero padding would, before a ReLU)."""
+    if xla_cpu.enabled():
+        return xla_cpu.max_pool(x, kernel_size, stride, padding)
+    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    # A Python -inf (not an array) lets JAX see a max-pool and use its gradient rule; an array
+    # init value makes it a generic reduce_window, which jit(grad(...)) cannot differentiate.
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), pad)
+
+
+def global_avg_pool(x):
+    """AdaptiveAvgPool2d((1, 1)) followed by flatten: (N, H, W, C) -> (N, C)."""
+    return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,66 @@
+"""The generic ResNet: stem, stages of blocks, global pooling, classifier."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flax_resnet.models.layers import BatchNorm, conv, global_avg_pool, linear, max_pool
+
+
+class ResNet(nnx.Module):
+    """torchvision's ResNet layout, generalized over block, stage count, widths and stem.
+
+    block: a class from `flax_resnet.models.blocks`; layers: blocks per stage; widths: each stage's planes.
+    stem: 'imagenet' (7x7/2 conv) or 'cifar' (3x3/1 conv); maxpool: 3x3/2 max-pool after the stem.
+    shortcut: 'B' (1x1 projection), 'A' (zero-pad) or None (plain net, no shortcuts).
+    preact: pre-activation layout: the stem has no BatchNorm/ReLU, and a final BN + ReLU precede
+    the pooling.
+    """
+
+    def __init__(self, block, layers, *, widths=(64, 128, 256, 512), num_classes=1000,
+                 in_channels=3, stem="imagenet", maxpool=True, stem_width=64, shortcut="B",
+                 groups=1, base_width=64, preact=False, zero_init_residual=False, rngs: nnx.Rngs):
+        if stem == "imagenet":
+            self.conv1 = conv(in_channels, stem_width, 7, stride=2, rngs=rngs)
+        else:
+            self.conv1 = conv(in_channels, stem_width, 3, rngs=rngs)
+        self.bn1 = None if preact else BatchNorm(stem_width)
+        self.maxpool = maxpool
+        channels = stem_width
+        self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))
+        for index, (name, planes, depth) in enumerate(zip(self.stage_names, widths, layers)):
+            blocks = []
+            for block_index in range(depth):
+                stride = 2 if index > 0 and block_index == 0 else 1
+                blocks.append(block(channels, planes, stride, shortcut=shortcut, groups=groups,
+                                    base_width=base_width, rngs=rngs))
+                channels = planes * block.expansion
+            setattr(self, name, nnx.Sequential(*blocks))
+        self.final_bn = BatchNorm(channels) if preact else None
+        self.fc = linear(channels, num_classes, rngs=rngs)
+        if zero_init_residual:
+            for name in self.stage_names:
+                for block in getattr(self, name).layers:
+                    block.last_bn().scale[...] = jnp.zeros_like(block.last_bn().scale[...])
+
+    def stages(self, x):
+        """Every stage's output, in order, ending with 'logits'."""
+        out = {}
+        x = self.conv1(x)
+        if self.bn1 is not None:
+            x = jax.nn.relu(self.bn1(x))
+        if self.maxpool:
+            x = max_pool(x, 3, 2, padding=1)
+        out["stem"] = x
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            out[name] = x
+        if self.final_bn is not None:
+            x = jax.nn.relu(self.final_bn(x))
+        out["logits"] = self.fc(global_avg_pool(x))
+        return out
+
+    def __call__(self, x):
+        return self.stages(x)["logits"]

@@ -1,0 +1,16 @@
+"""Weights between the frameworks and the files people have them in.
+
+    state_dict.py   name rules plus layout transposes: a Flax model <-> a torch-layout state_dict
+    torch_files.py  .pth / .pt / .safetensors, read safely and written atomically
+    checkpoint.py   Flax checkpoints that know their variant (`flax_resnet.save` / `load`)
+    inference.py    which variant a state_dict is, from its key names and shapes
+    verify.py       both frameworks run on one batch, compared stage by stage
+    port.py         the whole sequence `scripts/port_weights.py` runs
+
+Only `state_dict` is imported here; the others (torch among their imports) load when named.
+"""
+
+from flax_resnet.porting.state_dict import (StateDictMismatchError, load_torch_state_dict, state_to_torch,
+                                            to_torch_state_dict)
+
+__all__ = ["StateDictMismatchError", "load_torch_state_dict", "state_to_torch", "to_torch_state_dict"]

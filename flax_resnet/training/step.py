@@ -1,0 +1,171 @@
+"""The jit-compiled train and eval steps: pure functions of the model state and a batch.
+
+The model is split once into a static graphdef and its state (parameters, BatchNorm statistics);
+the step merges them inside the trace, so nothing object-like crosses the jit boundary. Data
+parallel: the batch is sharded over a 1-d device mesh and the state replicated, so XLA inserts the
+cross-device reductions and BatchNorm normalizes with the statistics of the global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flax_resnet.models import xla_cpu
+from flax_resnet.training.augment import AugmentSpec
+from flax_resnet.training.device_transforms import eval_transform, train_transform
+
+COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes. Parameters, optimizer state and statistics are always fp32."""
+
+    params: nnx.State
+    batch_stats: nnx.State  # BatchNorm running mean/var/count (empty for BN-free models)
+    opt_state: Any
+    step: jax.Array  # train steps taken (int32); the augmentation key is folded from it
+
+
+def split_model(model: nnx.Module, tx: optax.GradientTransformation):
+    """(train graphdef, eval graphdef, TrainState) of a model. Leaves the model in eval mode."""
+    model.train()
+    train_graphdef, params, batch_stats = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+    state = TrainState(params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32))
+    return train_graphdef, eval_graphdef, state
+
+
+def merge_model(eval_graphdef, state: TrainState) -> nnx.Module:
+    """The model (eval mode) holding a TrainState's parameters and statistics."""
+    return nnx.merge(eval_graphdef, state.params, state.batch_stats)
+
+
+def _cast_floating(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+    """Per-example cross entropy, as torch's CrossEntropyLoss(label_smoothing=...)."""
+    if label_smoothing:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy(logits, targets)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(graphdef, state: TrainState, batch, rng, *, tx, augment: AugmentSpec, precision: str,
+               label_smoothing: float):
+    """One step: augment, forward in the compute dtype, backward, optimizer update, new BN statistics.
+
+    batch: {'image': uint8 NHWC, 'label': int32}. rng: the run's base key; this step's key is
+    folded from `state.step`, so a resumed run draws the same augmentation. Returns
+    (new state, {'loss', 'correct', 'count'}) with sums over the batch.
+    """
+    dtype = COMPUTE_DTYPES[precision]
+    images = train_transform(jax.random.fold_in(rng, state.step), batch["image"], augment, dtype)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        # bf16: the matmuls and convs see bf16 copies; gradients flow back to the fp32 originals.
+        # copy=True: fresh Variables belonging to this trace, so BatchNorm may update them here.
+        model = nnx.merge(graphdef, _cast_floating(params, dtype), state.batch_stats, copy=True)
+        logits = model(images).astype(jnp.float32)
+        losses = cross_entropy(logits, labels, label_smoothing)
+        new_batch_stats = nnx.split(model, nnx.Param, ...)[2]
+        return losses.mean(), (losses, logits, new_batch_stats)
+
+    grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": losses.sum(),
+        "correct": (jnp.argmax(logits, -1) == labels).sum().astype(jnp.float32),
+        "count": jnp.asarray(labels.shape[0], jnp.float32),
+    }
+    return TrainState(params, batch_stats, opt_state, state.step + 1), metrics
+
+
+def eval_step(graphdef, state: TrainState, batch, *, augment: AugmentSpec, precision: str):
+    """Loss and accuracy sums with BatchNorm's running averages. batch['mask'] is 0 for padding."""
+    dtype = COMPUTE_DTYPES[precision]
+    images = eval_transform(batch["image"], augment, dtype)
+    model = nnx.merge(graphdef, _cast_floating(state.params, dtype), state.batch_stats)
+    logits = model(images).astype(jnp.float32)
+    mask = batch["mask"]
+    return {
+        "loss": (optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]) * mask).sum(),
+        "correct": ((jnp.argmax(logits, -1) == batch["label"]) * mask).sum(),
+        "count": mask.sum(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation and placement over devices
+# ---------------------------------------------------------------------------------------------
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-d mesh named 'data' over the given (default: all) devices."""
+    return _mesh(tuple(devices if devices is not None else jax.devices()))
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(devices: tuple) -> Mesh:
+    return Mesh(np.array(devices), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+# Cached: a second run in the same process with the same model, optimizer object (see
+# flax_resnet.training.optim.make_optimizer) and settings gets the same jitted function, already compiled.
+@functools.lru_cache(maxsize=8)
+def jit_train_step(graphdef, tx, mesh: Mesh, *, augment: AugmentSpec, precision: str = "fp32",
+                   label_smoothing: float = 0.0, cpu_tuned: bool = True):
+    """train_step, jitted over `mesh`: (state, batch, rng) -> (state, metrics). The state is donated.
+
+    `cpu_tuned`: compile with `xla_cpu.COMPILER_OPTIONS` on CPU (False: XLA's defaults).
+    """
+    step = functools.partial(train_step, graphdef, tx=tx, augment=augment, precision=precision,
+                             label_smoothing=label_smoothing)
+    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
+                   compiler_options=xla_cpu.compiler_options(cpu_tuned))
+
+
+@functools.lru_cache(maxsize=8)
+def jit_eval_step(graphdef, mesh: Mesh, *, augment: AugmentSpec, precision: str = "fp32",
+                  cpu_tuned: bool = True):
+    """eval_step, jitted over `mesh`: (state, batch) -> metric sums."""
+    step = functools.partial(eval_step, graphdef, augment=augment, precision=precision)
+    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh),
+                   compiler_options=xla_cpu.compiler_options(cpu_tuned))
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh):
+    """Place a global host batch on the mesh, split along the batch axis.
+
+    With several processes each one contributes its own slice of the (identical) global batch.
+    """
+    sharding = batch_sharded(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    count, index = jax.process_count(), jax.process_index()
+
+    def local(array):
+        size = array.shape[0] // count
+        return jax.make_array_from_process_local_data(sharding, array[index * size:(index + 1) * size])
+
+    return {key: local(value) for key, value in batch.items()}

@@ -1,0 +1,148 @@
+"""Residual blocks, the twins of `flax_resnet.models.blocks`; keys equal torchvision's."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from torch_ref.models.layers import BatchNorm, conv
+
+
+class ZeroPadShortcut(nn.Module):
+    """He et al.'s CIFAR option A: subsample by the stride, zero-pad the new channels evenly."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.pad_before = (out_channels - in_channels) // 2
+        self.pad_after = out_channels - in_channels - self.pad_before
+
+    def forward(self, x):
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
+
+
+def make_shortcut(kind, in_channels, out_channels, stride, *, norm=True):
+    """The shortcut branch: None (identity) when shapes already agree; see the Flax twin."""
+    if kind is None or (stride == 1 and in_channels == out_channels):
+        return None
+    if kind == "A":
+        return ZeroPadShortcut(in_channels, out_channels, stride)
+    projection = conv(in_channels, out_channels, 1, stride=stride, padding=0)
+    if not norm:
+        return nn.Sequential(projection)
+    return nn.Sequential(projection, BatchNorm(out_channels))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34 and the CIFAR nets). `shortcut=None` makes it a plain block."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64):
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
+        self.residual = shortcut is not None
+        self.conv1 = conv(in_channels, planes, 3, stride=stride)
+        self.bn1 = BatchNorm(planes)
+        self.conv2 = conv(planes, planes, 3)
+        self.bn2 = BatchNorm(planes)
+        self.downsample = make_shortcut(shortcut, in_channels, planes, stride)
+
+    def last_bn(self):
+        return self.bn2
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1, stride on the 3x3 (ResNet v1.5); grouped and widened as torchvision."""
+
+    expansion = 4
+
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        out_channels = planes * self.expansion
+        self.residual = shortcut is not None
+        self.conv1 = conv(in_channels, width, 1, padding=0)
+        self.bn1 = BatchNorm(width)
+        self.conv2 = conv(width, width, 3, stride=stride, groups=groups)
+        self.bn2 = BatchNorm(width)
+        self.conv3 = conv(width, out_channels, 1, padding=0)
+        self.bn3 = BatchNorm(out_channels)
+        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
+
+    def last_bn(self):
+        return self.bn3
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(out)
+
+
+class PreActBasicBlock(nn.Module):
+    """BN -> ReLU -> conv, twice (He et al. 2016). The projection sees the pre-activated input."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64):
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("PreActBasicBlock supports only groups=1 and base_width=64")
+        self.bn1 = BatchNorm(in_channels)
+        self.conv1 = conv(in_channels, planes, 3, stride=stride)
+        self.bn2 = BatchNorm(planes)
+        self.conv2 = conv(planes, planes, 3)
+        self.downsample = make_shortcut(shortcut, in_channels, planes, stride, norm=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        identity = x if self.downsample is None else self.downsample(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + identity
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck, stride on the 3x3."""
+
+    expansion = 4
+
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        out_channels = planes * self.expansion
+        self.bn1 = BatchNorm(in_channels)
+        self.conv1 = conv(in_channels, width, 1, padding=0)
+        self.bn2 = BatchNorm(width)
+        self.conv2 = conv(width, width, 3, stride=stride, groups=groups)
+        self.bn3 = BatchNorm(width)
+        self.conv3 = conv(width, out_channels, 1, padding=0)
+        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, norm=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        identity = x if self.downsample is None else self.downsample(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv3(F.relu(self.bn3(out)))
+        return out + identity
+
+
+BLOCKS = {
+    ("resnet", "basic"): BasicBlock,
+    ("resnet", "bottleneck"): Bottleneck,
+    ("preact", "basic"): PreActBasicBlock,
+    ("preact", "bottleneck"): PreActBottleneck,
+}

@@ -1,0 +1,62 @@
+"""The generic ResNet, the twin of `flax_resnet.models.resnet`."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from torch_ref.models.layers import BatchNorm, conv, global_avg_pool, linear, max_pool
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet layout, generalized over block, stage count, widths and stem.
+
+    Arguments as `flax_resnet.models.resnet.ResNet`.
+    """
+
+    def __init__(self, block, layers, *, widths=(64, 128, 256, 512), num_classes=1000,
+                 in_channels=3, stem="imagenet", maxpool=True, stem_width=64, shortcut="B",
+                 groups=1, base_width=64, preact=False, zero_init_residual=False):
+        super().__init__()
+        if stem == "imagenet":
+            self.conv1 = conv(in_channels, stem_width, 7, stride=2)
+        else:
+            self.conv1 = conv(in_channels, stem_width, 3)
+        self.bn1 = None if preact else BatchNorm(stem_width)
+        self.maxpool = maxpool
+        channels = stem_width
+        self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))
+        for index, (name, planes, depth) in enumerate(zip(self.stage_names, widths, layers)):
+            blocks = []
+            for block_index in range(depth):
+                stride = 2 if index > 0 and block_index == 0 else 1
+                blocks.append(block(channels, planes, stride, shortcut=shortcut, groups=groups,
+                                    base_width=base_width))
+                channels = planes * block.expansion
+            setattr(self, name, nn.Sequential(*blocks))
+        self.final_bn = BatchNorm(channels) if preact else None
+        self.fc = linear(channels, num_classes)
+        if zero_init_residual:
+            for name in self.stage_names:
+                for block in getattr(self, name):
+                    nn.init.zeros_(block.last_bn().weight)
+
+    def stages(self, x):
+        """Every stage's output, in order, ending with 'logits'."""
+        out = {}
+        x = self.conv1(x)
+        if self.bn1 is not None:
+            x = F.relu(self.bn1(x))
+        if self.maxpool:
+            x = max_pool(x, 3, 2, padding=1)
+        out["stem"] = x
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            out[name] = x
+        if self.final_bn is not None:
+            x = F.relu(self.final_bn(x))
+        out["logits"] = self.fc(global_avg_pool(x))
+        return out
+
+    def forward(self, x):
+        return self.stages(x)["logits"]

@@ -1,0 +1,1 @@
+"""The torch halves of `flax_resnet.studies`."""

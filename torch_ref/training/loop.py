@@ -1,0 +1,210 @@
+"""The torch trainer, the twin of `flax_resnet.training.loop`: the same data, batches, augmentation,
+initial weights, optimizer and schedule, and the same files in the workdir.
+
+data -> model -> optimizer -> restore -> loop -> log -> checkpoint -> export.
+
+It shares the framework-neutral parts of `flax_resnet.training` and uses JAX (not Flax) for one
+thing: the augmentation, so that both trainers compute the very same pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import torch_ref
+from flax_resnet.files import atomic_file
+from flax_resnet.training.config import ConfigError, TrainConfig, validate
+from flax_resnet.training.data import Dataset, load_dataset
+from flax_resnet.training.device_transforms import eval_transform, train_transform
+from flax_resnet.training.initial_weights import initial_state_dict
+from flax_resnet.training.sampling import epoch_order, eval_batches
+from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
+from flax_resnet.training.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
+from torch_ref.training.optim import make_optimizer
+from torch_ref.training.step import eval_step, train_step
+
+
+def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
+    """As `flax_resnet.training.loop.train`, in torch (CPU). The model starts from the same
+    `initial_weights` as the Flax trainer's with the same seed, so both runs start identical."""
+    validate(config)
+    if config.framework != "torch":
+        raise ConfigError(f"this is the torch trainer; framework {config.framework!r} runs with "
+                          f"flax_resnet.training.train")
+    torch.manual_seed(config.seed)
+
+    # --- data
+    data = load_dataset(config.dataset, config.data_dir)
+    setup = prepare_run(config, data)
+    workdir = Workdir.open(config)  # refuses to resume other settings
+    config = dataclasses.replace(config, workdir=str(workdir.path))
+
+    # --- model
+    model = build_model(config, setup)
+    workdir.create()
+
+    # --- optimizer
+    optimizer, schedule = make_optimizer(model, config, setup.plan)
+    checkpoints = TorchCheckpoints(workdir.checkpoints_path, config.keep_checkpoints)
+
+    # --- restore
+    history, step = checkpoints.restore_latest(model, optimizer)
+    if history:
+        changed = workdir.changed_settings(config)
+        print(f"resuming {workdir.path} after epoch {len(history)}"
+              + (f" with {', '.join(changed)}" if changed else ""))
+    workdir.write_config(config, setup.details(data, 1))
+    rng = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
+    augment_steps, prepare_eval = jitted_transforms(setup.augment, schedule, config.grad_accum)
+    print(f"{config.model} on {data.describe()}; torch {torch.__version__} on cpu; "
+          f"{setup.plan.steps_per_epoch} steps per epoch; writing to {workdir.path}")
+
+    # --- loop
+    title = f"{config.model} on {data.name} ({config.framework})"
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        start = time.perf_counter()
+        step, totals, train_seconds = train_epoch(model, optimizer, augment_steps, rng, data, config, epoch, step,
+                                                  last_good=len(history), run_dir=workdir.path)
+        test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
+        lr = float(schedule((step - 1) // config.grad_accum))
+        record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
+        history.append(record)
+
+        # --- log and checkpoint
+        checkpoints.save(epoch, model, optimizer, step, history)
+        workdir.write_history(history, title)
+        print(summary_line(record, config.epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    # --- export
+    model.eval()
+    workdir.export_weights(model.state_dict())
+    if history:
+        print(f"done: test accuracy {100 * history[-1]['test_accuracy']:.2f}%; weights in {workdir.weights_path}")
+    return TrainResult(history, model, workdir.path)
+
+
+def build_model(config: TrainConfig, setup: RunSetup) -> torch.nn.Module:
+    """The model with `initial_weights` drawn from `config.seed`: the Flax trainer's start."""
+    model = torch_ref.create_model(config.model, **setup.model_kwargs)
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    initial = initial_state_dict(config.model, setup.model_kwargs, shapes, config.seed)
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in initial.items()}, strict=True)
+    return model
+
+
+def train_epoch(model, optimizer, augment_steps, rng, data: Dataset, config: TrainConfig, epoch: int, step: int,
+                *, last_good: int, run_dir):
+    """One pass over the shuffled training set. Returns (step, metric sums, seconds)."""
+    batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
+    totals, start, last_refresh = {"loss": 0.0, "correct": 0.0, "count": 0.0}, time.perf_counter(), 0.0
+    with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
+        for index, (images, labels, lr) in enumerate(prepare_batches(augment_steps, rng, data, batches, step), 1):
+            metrics = train_step(model, optimizer, images, labels, lr=lr,
+                                 update=(step + 1) % config.grad_accum == 0, grad_accum=config.grad_accum,
+                                 precision=config.precision, label_smoothing=config.label_smoothing)
+            step += 1
+            totals = {key: totals[key] + metrics[key] for key in totals}
+            check_finite(totals["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+            now = time.perf_counter()
+            if now - last_refresh >= REFRESH_SECONDS:
+                last_refresh = now
+                bar.set_postfix(live_metrics(totals, now - start), refresh=False)
+            bar.update()
+    return step, totals, time.perf_counter() - start
+
+
+# JAX prepares the pixels (the Flax step's own augmentation) and the learning rates for many
+# steps in one call: interleaving a small JAX call with every torch step makes the two libraries'
+# thread pools fight over the cores, several times slower on a small CPU.
+CHUNK_STEPS = 32
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_transforms(spec, schedule, grad_accum: int):
+    """(augment_steps, prepare_eval), jitted once per setting.
+
+    augment_steps(rng, first_step, images[k, batch, ...]) -> (augmented images, lrs) of k steps,
+    the same pixels and learning rates the Flax step uses at those steps.
+    """
+    def augment_steps(rng, first_step, images):
+        steps = first_step + jnp.arange(images.shape[0])
+        keys = jax.vmap(lambda step: jax.random.fold_in(rng, step))(steps)
+        pixels = jax.vmap(lambda key, batch: train_transform(key, batch, spec))(keys, images)
+        return pixels, jax.vmap(schedule)(steps // grad_accum)
+
+    return jax.jit(augment_steps), jax.jit(functools.partial(eval_transform, spec=spec))
+
+
+def prepare_batches(augment_steps, rng, data: Dataset, batches: np.ndarray, first_step: int):
+    """Yield (NCHW images, int64 labels, lr) for each batch of the epoch, CHUNK_STEPS at a time."""
+    for start in range(0, len(batches), CHUNK_STEPS):
+        chunk = batches[start:start + CHUNK_STEPS]
+        pixels, lrs = augment_steps(rng, first_step + start, data.train_images[chunk])
+        pixels, lrs = np.asarray(pixels), np.asarray(lrs)
+        for images, indices, lr in zip(pixels, chunk, lrs):
+            yield _nchw(images), torch.from_numpy(data.train_labels[indices].astype(np.int64)), float(lr)
+
+
+def _nchw(images) -> torch.Tensor:
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def evaluate(model, prepare_eval, data: Dataset, batch_size: int, precision: str) -> dict[str, float]:
+    """Loss and accuracy sums over the test set."""
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in eval_batches(data.test_images, data.test_labels, batch_size):
+        metrics = eval_step(model, _nchw(prepare_eval(batch["image"])),
+                            torch.from_numpy(batch["label"].astype(np.int64)), torch.from_numpy(batch["mask"]),
+                            precision=precision)
+        totals = {key: totals[key] + metrics[key] for key in totals}
+    return totals
+
+
+class TorchCheckpoints:
+    """checkpoints/epoch_NNNN.pt: model, optimizer, step and history. Keeps the latest few and
+    the best by test accuracy. Written atomically, read with weights_only=True."""
+
+    PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
+
+    def __init__(self, folder: Path, keep: int):
+        self.folder, self.keep = Path(folder), keep
+
+    def epochs(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := self.PATTERN.match(p.name)))
+
+    def path(self, epoch: int) -> Path:
+        return self.folder / f"epoch_{epoch:04d}.pt"
+
+    def save(self, epoch: int, model, optimizer, step: int, history: list[dict]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.path(epoch)) as temporary:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "history": history}, temporary)
+        best = max(history, key=lambda r: r["test_accuracy"])["epoch"]
+        for old in self.epochs()[: -self.keep]:
+            if old != best:
+                self.path(old).unlink()
+
+    def restore_latest(self, model, optimizer) -> tuple[list[dict], int]:
+        """(history, step) of the latest checkpoint, loaded into model and optimizer; ([], 0) if none."""
+        epochs = self.epochs()
+        if not epochs:
+            return [], 0
+        saved = torch.load(self.path(epochs[-1]), map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"], strict=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        return list(saved["history"]), int(saved["step"])
