@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_resnet import augment
+from flax_resnet.training import device_transforms as augment
 from flax_resnet.training.data import DataError, load_dataset
 from parity_tests.training_fixtures import make_cifar_folder, make_mnist_folder
 

@@ -19,11 +19,11 @@ from flax import nnx
 from flax_resnet.porting.checkpoint import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
-from flax_resnet.training.data import Dataset, load_dataset
+from flax_resnet.training.data import ProcessShard, TrainingData, load_data
 from flax_resnet.training.initial_weights import initial_state_dict
 from flax_resnet.training.optim import learning_rate, make_optimizer
-from flax_resnet.training.sampling import epoch_order, eval_batches
-from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
+from flax_resnet.training.setup import (AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run,
+                                        resolve_precision)
 from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model,
                                        put_batch, replicated, split_model)
 from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finite, epoch_record, live_metrics,
@@ -32,7 +32,7 @@ from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finit
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
 
 
-def build_model(config: TrainConfig, setup: RunSetup, data: Dataset) -> nnx.Module:
+def build_model(config: TrainConfig, setup: RunSetup, data: TrainingData) -> nnx.Module:
     """The model with `initial_weights` drawn from `config.seed`; refuses an input size it cannot take."""
     model = model_skeleton(config.model, **setup.model_kwargs)
     load_torch_state_dict(model, initial_state_dict(config.model, setup.model_kwargs, torch_shapes(model),
@@ -72,7 +72,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     mesh = data_mesh()
 
     # --- data
-    data = load_dataset(config.dataset, config.data_dir)
+    config = resolve_precision(config, mesh.devices.flat[0].platform)
+    data = load_data(config, shard=ProcessShard(jax.process_index(), jax.process_count()))
     setup = prepare_run(config, data, mesh.size)
     workdir = Workdir.open(config, writer=jax.process_index() == 0)  # refuses to resume other settings
     config = dataclasses.replace(config, workdir=str(workdir.path))
@@ -116,8 +117,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
             start = time.perf_counter()
             state, train_totals, train_seconds = train_epoch(
                 train_step, state, rng, data, config, epoch, mesh, last_good=len(history), run_dir=workdir.path)
-            test_totals = evaluate(eval_step, state, data.test_images, data.test_labels,
-                                   setup.eval_batch_size, mesh)
+            test_totals = evaluate(eval_step, state, data, setup.eval_batch_size, mesh)
             step = int(state.step)
             lr = learning_rate(schedule, step - 1, config.grad_accum)
             record = epoch_record(epoch, step, train_totals, test_totals, lr, train_seconds,
@@ -143,7 +143,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     return TrainResult(history, model, workdir.path)
 
 
-def compile_ahead(train_step, eval_step, state, rng, data: Dataset, config: TrainConfig, setup: RunSetup,
+def compile_ahead(train_step, eval_step, state, rng, data: TrainingData, config: TrainConfig, setup: RunSetup,
                   mesh):
     """Compile both steps before the loop, so the first epoch's img/s is not the compiler's."""
     def batch(size, with_mask):
@@ -157,31 +157,42 @@ def compile_ahead(train_step, eval_step, state, rng, data: Dataset, config: Trai
             eval_step.lower(state, batch(setup.eval_batch_size, True)).compile())
 
 
-def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoch: int, mesh, *,
+def train_epoch(train_step, state, rng, data: TrainingData, config: TrainConfig, epoch: int, mesh, *,
                 last_good: int, run_dir):
-    """One pass over the shuffled training set. Returns (state, metric sums, seconds)."""
-    batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
+    """One pass over the shuffled training set. Returns (state, metric sums, seconds); the sums
+    include `skipped_images`, the undecodable images replaced (over all processes)."""
+    batches = data.train_batches(epoch, seed=config.seed, batch_size=config.batch_size)
+    steps = len(batches)
     totals, start, last_refresh = None, time.perf_counter(), 0.0
-    with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
-        for index, indices in enumerate(batches, 1):
-            batch = put_batch({"image": data.train_images[indices], "label": data.train_labels[indices]}, mesh)
-            state, metrics = train_step(state, batch, rng)
+    with batches, progress_bar(steps, epoch, config.epochs, config.progress) as bar:
+        for index, batch in enumerate(batches, 1):
+            state, metrics = train_step(state, put_batch(batch, mesh), rng)
             totals = _add(totals, metrics)
             now = time.perf_counter()
-            if now - last_refresh >= REFRESH_SECONDS or index == len(batches):
+            if now - last_refresh >= REFRESH_SECONDS or index == steps:
                 last_refresh, sums = now, _host(totals)  # waits for the device: a sync point
                 check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
                 bar.set_postfix(live_metrics(sums, now - start), refresh=False)
             bar.update()
-    return state, sums, time.perf_counter() - start
+    return state, {**sums, "skipped_images": _over_processes(batches.skipped_images)}, time.perf_counter() - start
 
 
-def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray, batch_size: int, mesh) -> dict:
-    """Loss and accuracy sums over a whole set, BatchNorm using its running averages."""
+def evaluate(eval_step, state, data: TrainingData, batch_size: int, mesh) -> dict:
+    """Loss and accuracy sums over the held-out set, BatchNorm using its running averages."""
     totals = None
-    for batch in eval_batches(images, labels, batch_size):
-        totals = _add(totals, eval_step(state, put_batch(batch, mesh)))
-    return _host(totals)
+    with data.eval_batches(batch_size) as batches:
+        for batch in batches:
+            totals = _add(totals, eval_step(state, put_batch(batch, mesh)))
+    return {**_host(totals), "skipped_images": _over_processes(batches.skipped_images)}
+
+
+def _over_processes(count: int) -> int:
+    """A per-process count summed over every process."""
+    if jax.process_count() == 1:
+        return count
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.int32(count))))
 
 
 def keep_latest_and_best(latest: int):

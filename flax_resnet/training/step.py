@@ -155,17 +155,13 @@ def jit_eval_step(graphdef, mesh: Mesh, *, augment: AugmentSpec, precision: str 
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh):
-    """Place a global host batch on the mesh, split along the batch axis.
+    """Place this process's part of a global batch on the mesh, split along the batch axis.
 
-    With several processes each one contributes its own slice of the (identical) global batch.
+    With one process that part is the whole batch. With several, each process passes its own
+    contiguous part (`flax_resnet.training.data.ProcessShard`), and the parts together form the
+    global batch that the step sees.
     """
     sharding = batch_sharded(mesh)
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
-    count, index = jax.process_count(), jax.process_index()
-
-    def local(array):
-        size = array.shape[0] // count
-        return jax.make_array_from_process_local_data(sharding, array[index * size:(index + 1) * size])
-
-    return {key: local(value) for key, value in batch.items()}
+    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import re
 import time
 from collections.abc import Callable
@@ -24,11 +25,11 @@ import torch
 import torch_ref
 from flax_resnet.files import atomic_file
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
-from flax_resnet.training.data import Dataset, load_dataset
+from flax_resnet.training.data import TrainingData, load_data
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 from flax_resnet.training.initial_weights import initial_state_dict
-from flax_resnet.training.sampling import epoch_order, eval_batches
-from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
+from flax_resnet.training.setup import (AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run,
+                                        resolve_precision)
 from flax_resnet.training.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
 from torch_ref.training.optim import make_optimizer
 from torch_ref.training.step import eval_step, train_step
@@ -44,7 +45,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     torch.manual_seed(config.seed)
 
     # --- data
-    data = load_dataset(config.dataset, config.data_dir)
+    config = resolve_precision(config, "cpu")
+    data = load_data(config)
     setup = prepare_run(config, data)
     workdir = Workdir.open(config)  # refuses to resume other settings
     config = dataclasses.replace(config, workdir=str(workdir.path))
@@ -104,13 +106,14 @@ def build_model(config: TrainConfig, setup: RunSetup) -> torch.nn.Module:
     return model
 
 
-def train_epoch(model, optimizer, augment_steps, rng, data: Dataset, config: TrainConfig, epoch: int, step: int,
-                *, last_good: int, run_dir):
-    """One pass over the shuffled training set. Returns (step, metric sums, seconds)."""
-    batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
+def train_epoch(model, optimizer, augment_steps, rng, data: TrainingData, config: TrainConfig, epoch: int,
+                step: int, *, last_good: int, run_dir):
+    """One pass over the shuffled training set. Returns (step, metric sums, seconds); the sums
+    include `skipped_images`, the undecodable images replaced."""
+    batches = data.train_batches(epoch, seed=config.seed, batch_size=config.batch_size)
     totals, start, last_refresh = {"loss": 0.0, "correct": 0.0, "count": 0.0}, time.perf_counter(), 0.0
-    with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
-        for index, (images, labels, lr) in enumerate(prepare_batches(augment_steps, rng, data, batches, step), 1):
+    with batches, progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
+        for index, (images, labels, lr) in enumerate(prepare_batches(augment_steps, rng, batches, step), 1):
             metrics = train_step(model, optimizer, images, labels, lr=lr,
                                  update=(step + 1) % config.grad_accum == 0, grad_accum=config.grad_accum,
                                  precision=config.precision, label_smoothing=config.label_smoothing)
@@ -122,13 +125,15 @@ def train_epoch(model, optimizer, augment_steps, rng, data: Dataset, config: Tra
                 last_refresh = now
                 bar.set_postfix(live_metrics(totals, now - start), refresh=False)
             bar.update()
-    return step, totals, time.perf_counter() - start
+    return step, {**totals, "skipped_images": batches.skipped_images}, time.perf_counter() - start
 
 
 # JAX prepares the pixels (the Flax step's own augmentation) and the learning rates for many
 # steps in one call: interleaving a small JAX call with every torch step makes the two libraries'
-# thread pools fight over the cores, several times slower on a small CPU.
+# thread pools fight over the cores, several times slower on a small CPU. CHUNK_BYTES bounds a
+# chunk's uint8 pixels, so ImageNet-sized batches come a few at a time.
 CHUNK_STEPS = 32
+CHUNK_BYTES = 64 << 20
 
 
 @functools.lru_cache(maxsize=8)
@@ -147,29 +152,37 @@ def jitted_transforms(spec, schedule, grad_accum: int):
     return jax.jit(augment_steps), jax.jit(functools.partial(eval_transform, spec=spec))
 
 
-def prepare_batches(augment_steps, rng, data: Dataset, batches: np.ndarray, first_step: int):
-    """Yield (NCHW images, int64 labels, lr) for each batch of the epoch, CHUNK_STEPS at a time."""
-    for start in range(0, len(batches), CHUNK_STEPS):
-        chunk = batches[start:start + CHUNK_STEPS]
-        pixels, lrs = augment_steps(rng, first_step + start, data.train_images[chunk])
+def prepare_batches(augment_steps, rng, batches, first_step: int):
+    """Yield (NCHW images, int64 labels, lr) for each batch of the epoch, a chunk of steps at a time."""
+    chunk_steps, done = None, 0
+    while True:
+        chunk = list(itertools.islice(batches, chunk_steps or 1))
+        if not chunk:
+            return
+        if chunk_steps is None:  # sized by the first batch, then fixed: one compiled chunk shape
+            chunk_steps = max(1, min(CHUNK_STEPS, CHUNK_BYTES // chunk[0]["image"].nbytes))
+            chunk.extend(itertools.islice(batches, chunk_steps - 1))
+        pixels, lrs = augment_steps(rng, first_step + done, np.stack([batch["image"] for batch in chunk]))
         pixels, lrs = np.asarray(pixels), np.asarray(lrs)
-        for images, indices, lr in zip(pixels, chunk, lrs):
-            yield _nchw(images), torch.from_numpy(data.train_labels[indices].astype(np.int64)), float(lr)
+        done += len(chunk)
+        for images, batch, lr in zip(pixels, chunk, lrs):
+            yield _nchw(images), torch.from_numpy(batch["label"].astype(np.int64)), float(lr)
 
 
 def _nchw(images) -> torch.Tensor:
     return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def evaluate(model, prepare_eval, data: Dataset, batch_size: int, precision: str) -> dict[str, float]:
-    """Loss and accuracy sums over the test set."""
+def evaluate(model, prepare_eval, data: TrainingData, batch_size: int, precision: str) -> dict[str, float]:
+    """Loss and accuracy sums over the held-out set."""
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    for batch in eval_batches(data.test_images, data.test_labels, batch_size):
-        metrics = eval_step(model, _nchw(prepare_eval(batch["image"])),
-                            torch.from_numpy(batch["label"].astype(np.int64)), torch.from_numpy(batch["mask"]),
-                            precision=precision)
-        totals = {key: totals[key] + metrics[key] for key in totals}
-    return totals
+    with data.eval_batches(batch_size) as batches:
+        for batch in batches:
+            metrics = eval_step(model, _nchw(prepare_eval(batch["image"])),
+                                torch.from_numpy(batch["label"].astype(np.int64)),
+                                torch.from_numpy(np.asarray(batch["mask"])), precision=precision)
+            totals = {key: totals[key] + metrics[key] for key in totals}
+    return {**totals, "skipped_images": batches.skipped_images}
 
 
 class TorchCheckpoints:

@@ -1,0 +1,245 @@
+"""Streamed datasets: grain workers read, decode, crop and batch the images as training needs them.
+
+`StreamedDataset` serves ImageFolder trees (`imagefolder.PathTable`) and tfds datasets of varying
+image size (`tfds_source.TfdsSource`): any source with `len`, `read(index) -> (image, label)` and
+`describe(index)`. Memory stays flat whatever the dataset's size: a few batches per worker.
+
+The position contract (what a mid-epoch checkpoint stores and restores)
+-----------------------------------------------------------------------
+- A global training batch is a pure function of (seed, epoch, step): its examples are
+  `sampling.epoch_order(seed, epoch, train_count, batch_size)[step]`, and example `i`'s random
+  crop and flip in epoch `e` come from `numpy.random.default_rng([seed, HOST_AUGMENT_STREAM, e, i])`.
+  Neither depends on the number of workers, their prefetching, or the number of processes.
+- Process `i` of `n` (`TrainingData.shard`) reads only its contiguous part of each global batch
+  (`base.ProcessShard.part`): the processes together read the epoch's examples exactly once.
+- `EpochBatches.state()` is `{"epoch", "step", "seed", "batch_size", "train_count"}` (JSON-ready)
+  where `step` counts the batches the iterator has handed out, not those its workers have
+  prefetched. `data.resume(state)`, or `data.train_batches(epoch, ..., start_step=step)`, yields
+  exactly the batches an uninterrupted epoch had left, with the same pixels. grain's own iterator
+  state is not needed, and the state stays valid for another worker or process count.
+- Undecodable images: in training the example is replaced by the next decodable one in the
+  dataset (so batches keep their size, deterministically); in evaluation it is masked out. Either
+  way a warning names the file and `skipped_images` counts it.
+
+Workers are grain's `mp_prefetch` processes. Each reads whole batches (its share is every
+`workers`-th batch), writing the pixels straight into shared memory; the iterator hands them out
+in order. `workers=0` decodes in a background thread of the calling process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from flax_resnet.training.augment import channel_statistics
+from flax_resnet.training.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
+from flax_resnet.training.data.common import DataError
+from flax_resnet.training.data.transforms import HostTransforms, decode_image
+from flax_resnet.training.sampling import epoch_order
+
+__all__ = ["HOST_AUGMENT_STREAM", "IMAGENET_MEAN", "IMAGENET_STD", "StreamedDataset", "default_workers"]
+
+HOST_AUGMENT_STREAM = 2  # the device augmentation uses stream 1 (setup.AUGMENT_STREAM)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's, for RGB data without --mean/--std
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATION_SAMPLE = 512  # training images measured for the mean and std of 1-channel data
+PREFETCH_PER_WORKER = 2  # batches each worker keeps ready
+
+
+def default_workers() -> int:
+    """Loader processes when --workers is not given: one per core available, at most 32."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 32))
+
+
+class StreamedDataset(TrainingData):
+    """A dataset read from its files (or tfds records) batch by batch; see the module docstring."""
+
+    streamed = True
+
+    def __init__(self, *, name: str, source: str, train, test, num_classes: int, class_names, transforms:
+                 HostTransforms, workers: int, shard: ProcessShard = ProcessShard(), info: dict | None = None):
+        self.name, self.source, self.num_classes = name, source, num_classes
+        self.class_names = None if class_names is None else tuple(class_names)
+        self.train, self.test, self.transforms, self.workers, self.shard = train, test, transforms, workers, shard
+        self.info = dict(info or {})
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.transforms.size, self.transforms.size, self.transforms.channels)
+
+    @property
+    def train_count(self) -> int:
+        return len(self.train)
+
+    @property
+    def test_count(self) -> int:
+        return len(self.test)
+
+    def normalization(self):
+        if self.transforms.channels == 3:
+            return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's mean and std (torchvision's)"
+        count = min(NORMALIZATION_SAMPLE, self.train_count)
+        indices = np.sort(np.random.default_rng(0).permutation(self.train_count)[:count])
+        reader = ExampleReader(self.train, self.transforms)
+        images = np.stack([reader.eval_example(int(i))[0] for i in indices])
+        mean, std = channel_statistics(images)
+        return mean, std, f"measured on {count} training images (eval transform)"
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), **self.info, "transforms": self.transforms.describe(),
+                "workers": self.workers}
+
+    def train_batches(self, epoch: int, *, seed: int, batch_size: int, start_step: int = 0) -> EpochBatches:
+        steps = self.train_count // batch_size
+        if not 0 <= start_step <= steps:
+            raise ValueError(f"start_step {start_step} is outside epoch's {steps} steps")
+        source = TrainBatchSource(ExampleReader(self.train, self.transforms), seed=seed, epoch=epoch,
+                                  batch_size=batch_size, start_step=start_step, part=self.shard.part(batch_size),
+                                  shared_memory=self.workers > 0)
+        iterator, close = _iterate(source, self.workers)
+        return EpochBatches(iterator, epoch=epoch, start_step=start_step, steps_per_epoch=steps,
+                            identity=position_identity(seed, batch_size, self.train_count), close=close)
+
+    def eval_batches(self, batch_size: int) -> Batches:
+        source = EvalBatchSource(ExampleReader(self.test, self.transforms), batch_size=batch_size,
+                                 part=self.shard.part(batch_size), shared_memory=self.workers > 0)
+        iterator, close = _iterate(source, self.workers)
+        return Batches(iterator, len(source), close)
+
+
+# ---------------------------------------------------------------------------------------------
+# One example, and what happens when it cannot be decoded
+# ---------------------------------------------------------------------------------------------
+
+class ExampleReader:
+    """Reads example `index` of `source` and applies the train or eval transform."""
+
+    def __init__(self, source, transforms: HostTransforms):
+        self.source, self.transforms = source, transforms
+
+    def _decoded(self, index: int):
+        """(PIL image, label), or None after warning that the image cannot be decoded."""
+        try:
+            image, label = self.source.read(index)
+            return decode_image(image), label
+        except Exception as error:  # noqa: BLE001 - any failure to read one image skips it
+            warnings.warn(f"skipping undecodable image {self.source.describe(index)}: "
+                          f"{type(error).__name__}: {error}", stacklevel=2)
+            return None
+
+    def train_example(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """(pixels, label, skipped): an undecodable image is replaced by the next decodable one."""
+        count = len(self.source)
+        for offset in range(count):
+            decoded = self._decoded((index + offset) % count)
+            if decoded is not None:
+                return self.transforms.train(decoded[0], rng), decoded[1], int(offset > 0)
+        raise DataError(f"none of the {count} images of {self.source.describe(0)}'s dataset can be decoded")
+
+    def eval_example(self, index: int) -> tuple[np.ndarray, int, bool]:
+        """(pixels, label, decoded): an undecodable image gives zeros and decoded=False."""
+        decoded = self._decoded(index)
+        if decoded is None:
+            t = self.transforms
+            return np.zeros((t.size, t.size, t.channels), np.uint8), 0, False
+        return self.transforms.eval(decoded[0]), decoded[1], True
+
+
+def _empty_batch(count: int, transforms: HostTransforms, shared_memory: bool) -> np.ndarray:
+    shape = (count, transforms.size, transforms.size, transforms.channels)
+    if shared_memory:  # grain passes a SharedMemoryArray on by name: no copy between processes
+        from grain.multiprocessing import SharedMemoryArray
+
+        return SharedMemoryArray(shape, np.uint8)
+    return np.empty(shape, np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches as grain random-access sources: element k is a whole (process-local) batch
+# ---------------------------------------------------------------------------------------------
+
+class TrainBatchSource:
+    """Element k: this process's part of global batch `start_step + k` of one epoch."""
+
+    def __init__(self, reader: ExampleReader, *, seed: int, epoch: int, batch_size: int, start_step: int,
+                 part: slice, shared_memory: bool):
+        self.reader, self.seed, self.epoch, self.batch_size = reader, seed, epoch, batch_size
+        self.start_step, self.part, self.shared_memory = start_step, part, shared_memory
+        self.steps = len(reader.source) // batch_size
+        self._order = None  # computed where it is used (in each worker), not pickled
+
+    def __getstate__(self):
+        return {**self.__dict__, "_order": None}
+
+    def __len__(self) -> int:
+        return self.steps - self.start_step
+
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+        if self._order is None:
+            self._order = epoch_order(self.seed, self.epoch, len(self.reader.source), self.batch_size)
+        indices = self._order[self.start_step + k, self.part]
+        images = _empty_batch(len(indices), self.reader.transforms, self.shared_memory)
+        labels, skipped = np.empty(len(indices), np.int32), np.empty(len(indices), np.int32)
+        for j, index in enumerate(indices):
+            rng = np.random.default_rng([self.seed, HOST_AUGMENT_STREAM, self.epoch, int(index)])
+            images[j], labels[j], skipped[j] = self.reader.train_example(int(index), rng)
+        return {"image": images, "label": labels, "index": indices.astype(np.int64), "skipped": skipped}
+
+
+class EvalBatchSource:
+    """Element b: this process's part of the held-out examples [b * size, (b + 1) * size), padded."""
+
+    def __init__(self, reader: ExampleReader, *, batch_size: int, part: slice, shared_memory: bool):
+        self.reader, self.batch_size, self.part, self.shared_memory = reader, batch_size, part, shared_memory
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.reader.source) / self.batch_size)
+
+    def __getitem__(self, b: int) -> dict[str, np.ndarray]:
+        positions = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.part]
+        images = _empty_batch(len(positions), self.reader.transforms, self.shared_memory)
+        labels, mask = np.zeros(len(positions), np.int32), np.zeros(len(positions), np.float32)
+        skipped = np.zeros(len(positions), np.int32)
+        for j, index in enumerate(positions):
+            if index >= len(self.reader.source):
+                images[j] = 0
+                continue
+            images[j], labels[j], decoded = self.reader.eval_example(int(index))
+            mask[j], skipped[j] = float(decoded), int(not decoded)
+        index = np.where(positions < len(self.reader.source), positions, -1)
+        return {"image": images, "label": labels, "mask": mask, "index": index, "skipped": skipped}
+
+
+def _allow_absl_flags() -> None:
+    """grain reads absl flags in the calling process; a program that never parsed them (anything
+    but an absl app) would fail on the first read. Parsing none keeps every default."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _iterate(source, workers: int):
+    """(iterator over the source's elements in order, close) through grain."""
+    if len(source) == 0:
+        return iter(()), None
+    import grain
+
+    _allow_absl_flags()
+    # One reader thread per process: the workers are the parallelism, and one batch in flight
+    # per thread bounds memory.
+    dataset = grain.MapDataset.source(source).to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+    if workers > 0:
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=min(workers, len(source)), per_worker_buffer_size=PREFETCH_PER_WORKER))
+    iterator = iter(dataset)
+    return iterator, getattr(iterator, "close", None)
