@@ -3,7 +3,6 @@ split, and one clear error before any work for each broken layout."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -106,16 +105,3 @@ def test_broken_trees_are_one_clear_error_before_any_work(tmp_path, make, messag
 def test_imagefolder_needs_a_data_dir():
     with pytest.raises(ConfigError, match="--dataset imagefolder needs --data-dir DIR"):
         validate(TrainConfig(dataset="imagefolder"))
-
-
-def test_class_names_are_recorded_in_config_json(tmp_path):
-    write_mixed_tree(tmp_path / "tree", per_class=3)
-    config = TrainConfig(model="mnist_resnet", dataset="imagefolder", data_dir=str(tmp_path / "tree"),
-                         image_size=28, batch_size=4, eval_batch_size=4, epochs=1, workers=0, progress=False,
-                         workdir=str(tmp_path / "run"))
-    result = train(config)
-    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert recorded["data"]["classes"] == ["cat", "dog", "fox"] and recorded["data"]["held_out"] == "val"
-    assert recorded["data"]["image_shape"] == [28, 28, 1] and recorded["model_kwargs"]["num_classes"] == 3
-    assert recorded["data"]["normalization"].startswith("measured on")
-    assert result.history[0]["skipped_images"] == 0
