@@ -156,13 +156,16 @@ def test_an_undecodable_image_is_named_replaced_and_counted(tmp_path):
     position = list(batches.last_indices).index(broken)
     following = (broken + 1) % data.train_count  # its replacement: the next decodable image
     assert batch["label"][position] == data.train.labels[following]
+    data.close()  # its stream would go on reading the next epoch, and warn again
 
     broken_test = data.test.path(0)
     with open(broken_test, "wb") as handle:
         handle.write(b"not an image at all")
+    evaluation = streamed(root)
     with pytest.warns(UserWarning, match=f"skipping undecodable image {broken_test}") as record:
-        batches = streamed(root).eval_batches(data.test_count)
+        batches = evaluation.eval_batches(data.test_count)
         batch = next(batches)
+        evaluation.close()
     assert len(record) == 1  # the other images decode without a word
     assert batches.skipped_images == 1 and batch["mask"][0] == 0 and batch["mask"][1:].all()
     assert not batch["image"][0].any() and batch["image"][1:].any()

@@ -52,6 +52,9 @@ def main(argv=None) -> int:
               f"torchvision {result['torchvision_img_per_s']:.0f} img/s "
               f"({result['torchvision_img_per_s_per_worker']:.0f} per worker): {result['ratio']:.2f}x; "
               f"first batch {result['ours_first_batch_s']:.1f} s vs {result['torchvision_first_batch_s']:.1f} s")
+        print(f"worker CPU per image: ours {result['ours_worker_cpu_ms_per_img']:.2f} ms, torchvision "
+              f"{result['torchvision_worker_cpu_ms_per_img']:.2f} ms ({result['cpu_ratio']:.2f}x); the consuming "
+              f"process: {result['ours_main_cpu_ms_per_img']:.2f} ms vs {result['torchvision_main_cpu_ms_per_img']:.2f} ms")
     elif args.command == "memory":
         trees = {n: bench.write_jpeg_tree(root / f"jpeg-{n}-val", n, held_out=0.1) for n in args.sizes}
         result = bench.memory_benchmark(trees, root / "runs", workers=args.workers)

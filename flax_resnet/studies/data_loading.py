@@ -93,28 +93,46 @@ def our_batches(bench: LoaderBench, epoch: int):
     return data.train_batches(epoch, seed=0, batch_size=bench.batch_size)
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """(this process's CPU seconds, its descendants' CPU seconds): loader workers count there."""
+    import psutil
+
+    me = psutil.Process()
+    own = sum(me.cpu_times()[:2])
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            children += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            continue
+    return own, children
+
+
 def time_loader(make_batches, bench: LoaderBench) -> dict[str, float]:
     """img/s over `bench.batches` batches, each copied once out of the loader (as a transfer to a
-    device reads every byte); the seconds to the first batch (worker start) separately."""
+    device reads every byte); the CPU time per image of the workers and of this process over the
+    same batches (what a core of an unloaded machine would deliver); the seconds to the first batch."""
     start = time.perf_counter()
     batches = make_batches()
-    first = None
+    first = timed_start = cpu_start = None
     count = 0
-    timed_start = None
     for index, batch in enumerate(batches):
         images = np.array(batch["image"] if isinstance(batch, dict) else batch[0])
         if first is None:
             first = time.perf_counter() - start
         if index + 1 == bench.warmup:
-            timed_start = time.perf_counter()
+            timed_start, cpu_start = time.perf_counter(), _cpu_seconds()
         elif index + 1 > bench.warmup:
             count += images.shape[0]
         if index + 1 == bench.warmup + bench.batches:
             break
     seconds = time.perf_counter() - timed_start
+    cpu_end = _cpu_seconds()
     if hasattr(batches, "close"):
         batches.close()
-    return {"img_per_s": count / seconds, "first_batch_s": first}
+    return {"img_per_s": count / seconds, "first_batch_s": first,
+            "worker_cpu_ms_per_img": 1e3 * (cpu_end[1] - cpu_start[1]) / count,
+            "main_cpu_ms_per_img": 1e3 * (cpu_end[0] - cpu_start[0]) / count}
 
 
 def loader_benchmark(bench: LoaderBench, progress=lambda message: None) -> dict[str, Any]:
@@ -136,7 +154,12 @@ def loader_benchmark(bench: LoaderBench, progress=lambda message: None) -> dict[
         out[f"{name}_img_per_s"] = result["img_per_s"]
         out[f"{name}_img_per_s_per_worker"] = result["img_per_s"] / max(bench.workers, 1)
         out[f"{name}_first_batch_s"] = result["first_batch_s"]
+        # medians over rounds: CPU time hardly depends on the machine's load
+        for key in ("worker_cpu_ms_per_img", "main_cpu_ms_per_img"):
+            out[f"{name}_{key}"] = float(np.median([r[key] for r in results[name]]))
+        out[f"{name}_img_per_s_per_busy_core"] = 1e3 / out[f"{name}_worker_cpu_ms_per_img"]
     out["ratio"] = out["ours_img_per_s"] / out["torchvision_img_per_s"]
+    out["cpu_ratio"] = out["torchvision_worker_cpu_ms_per_img"] / out["ours_worker_cpu_ms_per_img"]
     return out
 
 

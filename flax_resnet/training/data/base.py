@@ -153,6 +153,9 @@ class TrainingData(abc.ABC):
         return (f"{self.name} ({self.source}): {self.train_count} train / {self.test_count} test "
                 f"images, {h}x{w}x{c}, {self.num_classes} classes")
 
+    def close(self) -> None:
+        """Release what reading holds (a streamed dataset's worker processes)."""
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.train_count // batch_size
 

@@ -23,11 +23,18 @@ The position contract (what a mid-epoch checkpoint stores and restores)
 
 Workers are grain's `mp_prefetch` processes. Each reads whole batches (its share is every
 `workers`-th batch), writing the pixels straight into shared memory; the iterator hands them out
-in order. `workers=0` decodes in a background thread of the calling process.
+in order. `workers=0` decodes in the calling thread, batch by batch. The workers are
+started once and kept: the training stream runs on from one epoch into the next (so the workers
+prepare the next epoch's first batches while the model is evaluated), and the evaluation stream
+cycles over the held-out set. Asking for batches at another position (a resumption, another
+seed) restarts a stream there. `StreamedDataset.close()` stops the workers; so does garbage
+collection. Workers are spawned processes, so a script that trains with `workers > 0` needs the
+`if __name__ == "__main__":` guard (scripts/train.py has it).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -48,6 +55,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's, for RGB data without --m
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATION_SAMPLE = 512  # training images measured for the mean and std of 1-channel data
 PREFETCH_PER_WORKER = 2  # batches each worker keeps ready
+ENDLESS = 1 << 40  # the length of a stream: far more batches than any run takes
 
 
 def default_workers() -> int:
@@ -70,6 +78,7 @@ class StreamedDataset(TrainingData):
         self.class_names = None if class_names is None else tuple(class_names)
         self.train, self.test, self.transforms, self.workers, self.shard = train, test, transforms, workers, shard
         self.info = dict(info or {})
+        self._streams: dict[str, Stream] = {}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -100,19 +109,38 @@ class StreamedDataset(TrainingData):
     def train_batches(self, epoch: int, *, seed: int, batch_size: int, start_step: int = 0) -> EpochBatches:
         steps = self.train_count // batch_size
         if not 0 <= start_step <= steps:
-            raise ValueError(f"start_step {start_step} is outside epoch's {steps} steps")
-        source = TrainBatchSource(ExampleReader(self.train, self.transforms), seed=seed, epoch=epoch,
-                                  batch_size=batch_size, start_step=start_step, part=self.shard.part(batch_size),
-                                  shared_memory=self.workers > 0)
-        iterator, close = _iterate(source, self.workers)
-        return EpochBatches(iterator, epoch=epoch, start_step=start_step, steps_per_epoch=steps,
-                            identity=position_identity(seed, batch_size, self.train_count), close=close)
+            raise ValueError(f"start_step {start_step} is outside the epoch's {steps} steps")
+        position = epoch * steps + start_step  # batches of the run before this one
+        stream = self._stream("train", (seed, batch_size), position, lambda: TrainBatchSource(
+            ExampleReader(self.train, self.transforms), seed=seed, batch_size=batch_size, first=position,
+            part=self.shard.part(batch_size), shared_memory=self.workers > 0))
+        return EpochBatches(stream.take(steps - start_step), epoch=epoch, start_step=start_step,
+                            steps_per_epoch=steps, identity=position_identity(seed, batch_size, self.train_count))
 
     def eval_batches(self, batch_size: int) -> Batches:
-        source = EvalBatchSource(ExampleReader(self.test, self.transforms), batch_size=batch_size,
-                                 part=self.shard.part(batch_size), shared_memory=self.workers > 0)
-        iterator, close = _iterate(source, self.workers)
-        return Batches(iterator, len(source), close)
+        passes = math.ceil(self.test_count / batch_size)
+        current = self._streams.get("eval")
+        position = current.position if current is not None and current.key == batch_size else 0
+        position = -(-position // passes) * passes  # the start of a pass
+        stream = self._stream("eval", batch_size, position, lambda: EvalBatchSource(
+            ExampleReader(self.test, self.transforms), batch_size=batch_size, part=self.shard.part(batch_size),
+            shared_memory=self.workers > 0))
+        return Batches(stream.take(passes), passes)
+
+    def _stream(self, name: str, key, position: int, make_source) -> Stream:
+        """The stream `name`, restarted unless it is at `position` with the same `key`."""
+        stream = self._streams.get(name)
+        if stream is None or stream.key != key or stream.position != position:
+            if stream is not None:
+                stream.close()
+            stream = self._streams[name] = Stream(key, make_source(), position, self.workers)
+        return stream
+
+    def close(self) -> None:
+        """Stop the loader's worker processes (a later request starts them again)."""
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,43 +195,51 @@ def _empty_batch(count: int, transforms: HostTransforms, shared_memory: bool) ->
 # ---------------------------------------------------------------------------------------------
 
 class TrainBatchSource:
-    """Element k: this process's part of global batch `start_step + k` of one epoch."""
+    """Element g: this process's part of the run's batch `first + g`, counting every epoch's steps
+    from epoch 0 step 0 (an endless sequence: the stream runs from one epoch into the next)."""
 
-    def __init__(self, reader: ExampleReader, *, seed: int, epoch: int, batch_size: int, start_step: int,
-                 part: slice, shared_memory: bool):
-        self.reader, self.seed, self.epoch, self.batch_size = reader, seed, epoch, batch_size
-        self.start_step, self.part, self.shared_memory = start_step, part, shared_memory
+    def __init__(self, reader: ExampleReader, *, seed: int, batch_size: int, first: int, part: slice,
+                 shared_memory: bool):
+        self.reader, self.seed, self.batch_size, self.first = reader, seed, batch_size, first
+        self.part, self.shared_memory = part, shared_memory
         self.steps = len(reader.source) // batch_size
-        self._order = None  # computed where it is used (in each worker), not pickled
+        self._orders: dict[int, np.ndarray] = {}  # computed where they are used (in each worker), not pickled
 
     def __getstate__(self):
-        return {**self.__dict__, "_order": None}
+        return {**self.__dict__, "_orders": {}}
 
     def __len__(self) -> int:
-        return self.steps - self.start_step
+        return ENDLESS
 
-    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-        if self._order is None:
-            self._order = epoch_order(self.seed, self.epoch, len(self.reader.source), self.batch_size)
-        indices = self._order[self.start_step + k, self.part]
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: epoch_order(self.seed, epoch, len(self.reader.source), self.batch_size)}
+        return self._orders[epoch]
+
+    def __getitem__(self, g: int) -> dict[str, np.ndarray]:
+        epoch, step = divmod(self.first + g, self.steps)
+        indices = self._order(epoch)[step, self.part]
         images = _empty_batch(len(indices), self.reader.transforms, self.shared_memory)
         labels, skipped = np.empty(len(indices), np.int32), np.empty(len(indices), np.int32)
         for j, index in enumerate(indices):
-            rng = np.random.default_rng([self.seed, HOST_AUGMENT_STREAM, self.epoch, int(index)])
+            rng = np.random.default_rng([self.seed, HOST_AUGMENT_STREAM, epoch, int(index)])
             images[j], labels[j], skipped[j] = self.reader.train_example(int(index), rng)
         return {"image": images, "label": labels, "index": indices.astype(np.int64), "skipped": skipped}
 
 
 class EvalBatchSource:
-    """Element b: this process's part of the held-out examples [b * size, (b + 1) * size), padded."""
+    """Element g: this process's part of the held-out examples of batch b = g mod (batches per
+    pass), i.e. [b * size, (b + 1) * size), padded; endless, one pass after another."""
 
     def __init__(self, reader: ExampleReader, *, batch_size: int, part: slice, shared_memory: bool):
         self.reader, self.batch_size, self.part, self.shared_memory = reader, batch_size, part, shared_memory
+        self.passes = math.ceil(len(reader.source) / batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.reader.source) / self.batch_size)
+        return ENDLESS
 
-    def __getitem__(self, b: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, g: int) -> dict[str, np.ndarray]:
+        b = g % self.passes
         positions = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.part]
         images = _empty_batch(len(positions), self.reader.transforms, self.shared_memory)
         labels, mask = np.zeros(len(positions), np.int32), np.zeros(len(positions), np.float32)
@@ -218,6 +254,26 @@ class EvalBatchSource:
         return {"image": images, "label": labels, "mask": mask, "index": index, "skipped": skipped}
 
 
+class Stream:
+    """A grain iterator over an endless batch source, with the position of its next batch."""
+
+    def __init__(self, key, source, position: int, workers: int):
+        self.key, self.position = key, position
+        self._iterator, self._close = _iterate(source, workers)
+
+    def take(self, count: int):
+        """The next `count` batches, advancing the position as each is handed out."""
+        for _ in range(count):
+            batch = next(self._iterator)
+            self.position += 1
+            yield batch
+
+    def close(self) -> None:
+        if self._close is not None:
+            close, self._close = self._close, None
+            close()
+
+
 def _allow_absl_flags() -> None:
     """grain reads absl flags in the calling process; a program that never parsed them (anything
     but an absl app) would fail on the first read. Parsing none keeps every default."""
@@ -228,18 +284,19 @@ def _allow_absl_flags() -> None:
 
 
 def _iterate(source, workers: int):
-    """(iterator over the source's elements in order, close) through grain."""
-    if len(source) == 0:
-        return iter(()), None
+    """(iterator over the source's elements in order, close): grain worker processes, or with
+    `workers=0` plain calls in the calling thread (as the step runs asynchronously on an
+    accelerator, the next batch is decoded meanwhile)."""
+    if workers == 0:
+        return (source[g] for g in itertools.count()), None
     import grain
 
     _allow_absl_flags()
-    # One reader thread per process: the workers are the parallelism, and one batch in flight
+    # One reader thread per worker: the workers are the parallelism, and one batch in flight
     # per thread bounds memory.
     dataset = grain.MapDataset.source(source).to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-    if workers > 0:
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=min(workers, len(source)), per_worker_buffer_size=PREFETCH_PER_WORKER))
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=PREFETCH_PER_WORKER))
     iterator = iter(dataset)
-    return iterator, getattr(iterator, "close", None)
+    return iterator, iterator.close

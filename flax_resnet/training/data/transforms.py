@@ -108,10 +108,9 @@ class HostTransforms:
         image = image.crop((left, top, left + w, top + h))
         if (w, h) != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.BILINEAR)
-        pixels = _hwc(image)
         if self.flip and rng.random() < 0.5:
-            pixels = pixels[:, ::-1]
-        return pixels
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return _hwc(image)
 
     def eval(self, image: Image.Image) -> np.ndarray:
         """Resize(round(size / crop_fraction)) of the shorter side, then CenterCrop(size)."""
