@@ -134,6 +134,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
                 on_epoch_end(record)
 
     # --- export
+    data.close()  # stops a streamed dataset's loader workers
     model = merge_model(eval_graphdef, jax.tree.map(lambda a: jnp.asarray(a.addressable_data(0)), state))
     workdir.export_weights(to_torch_state_dict(model))
     if history:

@@ -90,6 +90,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
             on_epoch_end(record)
 
     # --- export
+    data.close()  # stops a streamed dataset's loader workers
     model.eval()
     workdir.export_weights(model.state_dict())
     if history:

@@ -22,8 +22,8 @@ The position contract (what a mid-epoch checkpoint stores and restores)
   way a warning names the file and `skipped_images` counts it.
 
 Workers are grain's `mp_prefetch` processes. Each reads whole batches (its share is every
-`workers`-th batch), writing the pixels straight into shared memory; the iterator hands them out
-in order. `workers=0` decodes in the calling thread, batch by batch. The workers are
+`workers`-th batch), which grain passes on through shared memory; the iterator hands them out in
+order. `workers=0` decodes in the calling thread, batch by batch. The workers are
 started once and kept: the training stream runs on from one epoch into the next (so the workers
 prepare the next epoch's first batches while the model is evaluated), and the evaluation stream
 cycles over the held-out set. Asking for batches at another position (a resumption, another
@@ -34,10 +34,13 @@ collection. Workers are spawned processes, so a script that trains with `workers
 
 from __future__ import annotations
 
+import atexit
+import functools
 import itertools
 import math
 import os
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -113,7 +116,7 @@ class StreamedDataset(TrainingData):
         position = epoch * steps + start_step  # batches of the run before this one
         stream = self._stream("train", (seed, batch_size), position, lambda: TrainBatchSource(
             ExampleReader(self.train, self.transforms), seed=seed, batch_size=batch_size, first=position,
-            part=self.shard.part(batch_size), shared_memory=self.workers > 0))
+            part=self.shard.part(batch_size)))
         return EpochBatches(stream.take(steps - start_step), epoch=epoch, start_step=start_step,
                             steps_per_epoch=steps, identity=position_identity(seed, batch_size, self.train_count))
 
@@ -123,8 +126,7 @@ class StreamedDataset(TrainingData):
         position = current.position if current is not None and current.key == batch_size else 0
         position = -(-position // passes) * passes  # the start of a pass
         stream = self._stream("eval", batch_size, position, lambda: EvalBatchSource(
-            ExampleReader(self.test, self.transforms), batch_size=batch_size, part=self.shard.part(batch_size),
-            shared_memory=self.workers > 0))
+            ExampleReader(self.test, self.transforms), batch_size=batch_size, part=self.shard.part(batch_size)))
         return Batches(stream.take(passes), passes)
 
     def _stream(self, name: str, key, position: int, make_source) -> Stream:
@@ -181,13 +183,8 @@ class ExampleReader:
         return self.transforms.eval(decoded[0]), decoded[1], True
 
 
-def _empty_batch(count: int, transforms: HostTransforms, shared_memory: bool) -> np.ndarray:
-    shape = (count, transforms.size, transforms.size, transforms.channels)
-    if shared_memory:  # grain passes a SharedMemoryArray on by name: no copy between processes
-        from grain.multiprocessing import SharedMemoryArray
-
-        return SharedMemoryArray(shape, np.uint8)
-    return np.empty(shape, np.uint8)
+def _empty_batch(count: int, transforms: HostTransforms) -> np.ndarray:
+    return np.empty((count, transforms.size, transforms.size, transforms.channels), np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,10 +195,8 @@ class TrainBatchSource:
     """Element g: this process's part of the run's batch `first + g`, counting every epoch's steps
     from epoch 0 step 0 (an endless sequence: the stream runs from one epoch into the next)."""
 
-    def __init__(self, reader: ExampleReader, *, seed: int, batch_size: int, first: int, part: slice,
-                 shared_memory: bool):
-        self.reader, self.seed, self.batch_size, self.first = reader, seed, batch_size, first
-        self.part, self.shared_memory = part, shared_memory
+    def __init__(self, reader: ExampleReader, *, seed: int, batch_size: int, first: int, part: slice):
+        self.reader, self.seed, self.batch_size, self.first, self.part = reader, seed, batch_size, first, part
         self.steps = len(reader.source) // batch_size
         self._orders: dict[int, np.ndarray] = {}  # computed where they are used (in each worker), not pickled
 
@@ -219,7 +214,7 @@ class TrainBatchSource:
     def __getitem__(self, g: int) -> dict[str, np.ndarray]:
         epoch, step = divmod(self.first + g, self.steps)
         indices = self._order(epoch)[step, self.part]
-        images = _empty_batch(len(indices), self.reader.transforms, self.shared_memory)
+        images = _empty_batch(len(indices), self.reader.transforms)
         labels, skipped = np.empty(len(indices), np.int32), np.empty(len(indices), np.int32)
         for j, index in enumerate(indices):
             rng = np.random.default_rng([self.seed, HOST_AUGMENT_STREAM, epoch, int(index)])
@@ -231,8 +226,8 @@ class EvalBatchSource:
     """Element g: this process's part of the held-out examples of batch b = g mod (batches per
     pass), i.e. [b * size, (b + 1) * size), padded; endless, one pass after another."""
 
-    def __init__(self, reader: ExampleReader, *, batch_size: int, part: slice, shared_memory: bool):
-        self.reader, self.batch_size, self.part, self.shared_memory = reader, batch_size, part, shared_memory
+    def __init__(self, reader: ExampleReader, *, batch_size: int, part: slice):
+        self.reader, self.batch_size, self.part = reader, batch_size, part
         self.passes = math.ceil(len(reader.source) / batch_size)
 
     def __len__(self) -> int:
@@ -241,7 +236,7 @@ class EvalBatchSource:
     def __getitem__(self, g: int) -> dict[str, np.ndarray]:
         b = g % self.passes
         positions = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.part]
-        images = _empty_batch(len(positions), self.reader.transforms, self.shared_memory)
+        images = _empty_batch(len(positions), self.reader.transforms)
         labels, mask = np.zeros(len(positions), np.int32), np.zeros(len(positions), np.float32)
         skipped = np.zeros(len(positions), np.int32)
         for j, index in enumerate(positions):
@@ -260,6 +255,8 @@ class Stream:
     def __init__(self, key, source, position: int, workers: int):
         self.key, self.position = key, position
         self._iterator, self._close = _iterate(source, workers)
+        if self._close is not None:
+            _open_streams.add(self)
 
     def take(self, count: int):
         """The next `count` batches, advancing the position as each is handed out."""
@@ -271,7 +268,18 @@ class Stream:
     def close(self) -> None:
         if self._close is not None:
             close, self._close = self._close, None
+            _open_streams.discard(self)
             close()
+
+
+# Streams still open at exit are closed first, so their workers stop and free their shared memory
+# before multiprocessing's own exit handlers run (atexit runs the later registration first).
+_open_streams: weakref.WeakSet = weakref.WeakSet()
+
+
+@functools.cache
+def _close_streams_at_exit() -> None:
+    atexit.register(lambda: [stream.close() for stream in list(_open_streams)])
 
 
 def _allow_absl_flags() -> None:
@@ -292,6 +300,7 @@ def _iterate(source, workers: int):
     import grain
 
     _allow_absl_flags()
+    _close_streams_at_exit()
     # One reader thread per worker: the workers are the parallelism, and one batch in flight
     # per thread bounds memory.
     dataset = grain.MapDataset.source(source).to_iter_dataset(
