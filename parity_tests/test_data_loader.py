@@ -118,11 +118,17 @@ def test_two_processes_read_each_example_of_an_epoch_exactly_once(tree, kind):
 
 
 def test_the_number_of_workers_changes_nothing(tree):
-    """Two worker processes give the very batches that decoding in this process gives."""
-    local, pooled = streamed(tree, workers=0), streamed(tree, workers=2)
-    assert_same(collect(pooled.train_batches(1, seed=0, batch_size=BATCH)),
-                collect(local.train_batches(1, seed=0, batch_size=BATCH)))
-    assert_same(collect(pooled.eval_batches(5)), collect(local.eval_batches(5)))
+    """Two worker processes give the very batches that decoding in this process gives, also as
+    their streams run on into the next epoch and the next evaluation pass."""
+    pooled = streamed(tree, workers=2)
+    passes = [(collect(pooled.train_batches(epoch, seed=0, batch_size=BATCH)), collect(pooled.eval_batches(5)))
+              for epoch in (1, 2)]
+    pooled.close()
+    for epoch, (train, evaluation) in zip((1, 2), passes):
+        fresh = streamed(tree, workers=0)  # a new stream, started at this epoch
+        assert_same(train, collect(fresh.train_batches(epoch, seed=0, batch_size=BATCH)))
+        assert_same(evaluation, collect(fresh.eval_batches(5)))
+    assert not np.array_equal(passes[0][0][0][0], passes[1][0][0][0])
 
 
 def test_host_transforms_follow_the_config(tree):

@@ -33,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     throughput.add_argument("--rounds", type=int, default=2, help="turns each contestant takes")
     memory = commands.add_parser("memory", help="peak RSS of one streamed training epoch per tree size")
     memory.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000], help="images per tree")
+    memory.add_argument("--model", default="mnist_resnet", help="the model trained (default %(default)s)")
+    memory.add_argument("--image-size", type=int, default=28, help="crop size (default %(default)s)")
+    memory.add_argument("--batch-size", type=int, default=256)
     commands.add_parser("in-memory", help="embedded digits: in memory vs streamed from PNGs")
     return parser.parse_args(argv)
 
@@ -57,7 +60,8 @@ def main(argv=None) -> int:
               f"process: {result['ours_main_cpu_ms_per_img']:.2f} ms vs {result['torchvision_main_cpu_ms_per_img']:.2f} ms")
     elif args.command == "memory":
         trees = {n: bench.write_jpeg_tree(root / f"jpeg-{n}-val", n, held_out=0.1) for n in args.sizes}
-        result = bench.memory_benchmark(trees, root / "runs", workers=args.workers)
+        result = bench.memory_benchmark(trees, root / "runs", workers=args.workers, model=args.model,
+                                        image_size=args.image_size, batch_size=args.batch_size)
         for images, run in result["runs"].items():
             print(f"{images} images: peak RSS {run['peak_rss_mb']:.0f} MB, PSS {run['peak_pss_mb']:.0f} MB over "
                   f"{run['processes']} processes, {run['seconds']:.0f} s")

@@ -187,7 +187,7 @@ def process_tree_memory(pid: int) -> tuple[int, int, int]:
     return rss, pss, len(processes)
 
 
-def run_training(argv: list[str], *, timeout: float, sample_seconds: float = 0.2) -> dict[str, Any]:
+def run_training(argv: list[str], *, timeout: float, sample_seconds: float = 0.5) -> dict[str, Any]:
     """scripts/train.py with `argv`; peak RSS and PSS of its process tree, and its metrics.jsonl."""
     command = [sys.executable, str(REPO / "scripts" / "train.py"), *argv, "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -223,13 +223,15 @@ def run_training(argv: list[str], *, timeout: float, sample_seconds: float = 0.2
             "output_tail": output.splitlines()[-3:]}
 
 
-def memory_benchmark(trees: dict[int, Path], workdir: Path, *, workers: int = 2, timeout: float = 3600,
+def memory_benchmark(trees: dict[int, Path], workdir: Path, *, workers: int = 2, model: str = "mnist_resnet",
+                     image_size: int = 28, batch_size: int = 256, timeout: float = 7200,
                      extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Peak memory of one streamed training epoch on each tree (images -> path)."""
+    """Peak memory of one streamed training epoch (and its evaluation) on each tree (images -> path).
+    The default model is the smallest, so the run is the loader's work: every JPEG decoded whole."""
     results = {}
     for images, root in trees.items():
-        argv = ["--dataset", "imagefolder", "--data-dir", str(root), "--model", "resnet18", "--image-size", "64",
-                "--batch-size", "64", "--epochs", "1", "--workers", str(workers),
+        argv = ["--dataset", "imagefolder", "--data-dir", str(root), "--model", model, "--image-size", str(image_size),
+                "--batch-size", str(batch_size), "--epochs", "1", "--workers", str(workers),
                 "--workdir", str(Path(workdir) / f"memory-{images}-{time.strftime('%Y%m%d-%H%M%S')}"), *extra]
         results[str(images)] = run_training(argv, timeout=timeout)
     return {"runs": results, "load_average": os.getloadavg()[0], "cpu": _cpu_name()}

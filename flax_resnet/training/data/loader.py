@@ -291,6 +291,20 @@ def _allow_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
+    """In each worker: exit when the training process (pid `parent`) is gone. grain stops its
+    workers when the iterator is closed, but a parent killed by a signal never closes it."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _iterate(source, workers: int):
     """(iterator over the source's elements in order, close): grain worker processes, or with
     `workers=0` plain calls in the calling thread (as the step runs asynchronously on an
@@ -306,6 +320,6 @@ def _iterate(source, workers: int):
     dataset = grain.MapDataset.source(source).to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=PREFETCH_PER_WORKER))
+        num_workers=workers, per_worker_buffer_size=PREFETCH_PER_WORKER), worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
     iterator = iter(dataset)
     return iterator, iterator.close

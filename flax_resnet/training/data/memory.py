@@ -23,7 +23,7 @@ import numpy as np
 
 from flax_resnet.training.augment import channel_statistics
 from flax_resnet.training.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
-from flax_resnet.training.data.common import EMBEDDED_MNIST, TORCHVISION_NAMES, DataError
+from flax_resnet.training.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
 from flax_resnet.training.data.tfds_source import held_out_split, open_builder, open_split, quiet_absl
 from flax_resnet.training.sampling import epoch_order, eval_batches
 
@@ -98,6 +98,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, test_fraction
     """
     if name == EMBEDDED_MNIST:
         return _load_embedded_mnist(test_fraction)
+    if name == IMAGEFOLDER:
+        raise DataError("imagefolder data is streamed from its files, not held in memory: "
+                        "read it with flax_resnet.training.data.load_data(config)")
     found = find_torchvision_folder(name, data_dir)
     return found if found is not None else _load_tfds(name, data_dir)
 
