@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     memory.add_argument("--model", default="mnist_resnet", help="the model trained (default %(default)s)")
     memory.add_argument("--image-size", type=int, default=28, help="crop size (default %(default)s)")
     memory.add_argument("--batch-size", type=int, default=256)
+    memory.add_argument("--rounds", type=int, default=2, help="turns each tree size takes")
     commands.add_parser("in-memory", help="embedded digits: in memory vs streamed from PNGs")
     return parser.parse_args(argv)
 
@@ -59,12 +60,13 @@ def main(argv=None) -> int:
               f"{result['torchvision_worker_cpu_ms_per_img']:.2f} ms ({result['cpu_ratio']:.2f}x); the consuming "
               f"process: {result['ours_main_cpu_ms_per_img']:.2f} ms vs {result['torchvision_main_cpu_ms_per_img']:.2f} ms")
     elif args.command == "memory":
-        trees = {n: bench.write_jpeg_tree(root / f"jpeg-{n}-val", n, held_out=0.1) for n in args.sizes}
+        trees = {n: bench.write_jpeg_tree(root / f"jpeg-{n}-val", n, held_out=0.1) for n in sorted(set(args.sizes))}
         result = bench.memory_benchmark(trees, root / "runs", workers=args.workers, model=args.model,
-                                        image_size=args.image_size, batch_size=args.batch_size)
-        for images, run in result["runs"].items():
-            print(f"{images} images: peak RSS {run['peak_rss_mb']:.0f} MB, PSS {run['peak_pss_mb']:.0f} MB over "
-                  f"{run['processes']} processes, {run['seconds']:.0f} s")
+                                        image_size=args.image_size, batch_size=args.batch_size, rounds=args.rounds)
+        for run in result["runs"]:
+            print(f"{run['images']} images: peak RSS {run['peak_rss_mb']:.0f} MB, PSS {run['peak_pss_mb']:.0f} MB over "
+                  f"{run['processes']} processes (training process {run['peak_main_rss_mb']:.0f} MB, largest "
+                  f"worker {run['peak_worker_rss_mb']:.0f} MB), {run['seconds']:.0f} s")
     else:
         tree = bench.write_embedded_digits_tree(root / "embedded-digits")
         result = bench.in_memory_vs_streamed(tree, root / "runs-in-memory")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 import json
 import os
 import subprocess
@@ -167,39 +168,45 @@ def loader_benchmark(bench: LoaderBench, progress=lambda message: None) -> dict[
 # Training runs in a subprocess, their memory sampled
 # ---------------------------------------------------------------------------------------------
 
-def process_tree_memory(pid: int) -> tuple[int, int, int]:
-    """(RSS, PSS, process count) summed over a process and all its descendants, in bytes.
-    RSS counts shared pages once per process; PSS divides them between the processes sharing them."""
+def process_tree_memory(pid: int) -> dict[str, int]:
+    """Bytes of a process and all its descendants: total RSS and PSS, the process's own RSS, the
+    largest descendant's RSS, and the process count. RSS counts shared pages once per process;
+    PSS divides them between the processes sharing them."""
     import psutil
 
+    memory = {"rss": 0, "pss": 0, "main_rss": 0, "largest_child_rss": 0, "processes": 0}
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0, 0, 0
-    rss = pss = 0
+        return memory
     for process in processes:
         try:
             info = process.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-    return rss, pss, len(processes)
+        memory["rss"] += info.rss
+        memory["pss"] += getattr(info, "pss", info.rss)
+        memory["processes"] += 1
+        if process.pid == pid:
+            memory["main_rss"] = info.rss
+        else:
+            memory["largest_child_rss"] = max(memory["largest_child_rss"], info.rss)
+    return memory
 
 
 def run_training(argv: list[str], *, timeout: float, sample_seconds: float = 0.5) -> dict[str, Any]:
     """scripts/train.py with `argv`; peak RSS and PSS of its process tree, and its metrics.jsonl."""
     command = [sys.executable, str(REPO / "scripts" / "train.py"), *argv, "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    peak = {"rss": 0, "pss": 0, "processes": 0}
+    peak = {"rss": 0, "pss": 0, "main_rss": 0, "largest_child_rss": 0, "processes": 0}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            rss, pss, count = process_tree_memory(process.pid)
-            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
-            peak["processes"] = max(peak["processes"], count)
+            for key, value in process_tree_memory(process.pid).items():
+                peak[key] = max(peak[key], value)
             stop.wait(sample_seconds)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -219,21 +226,23 @@ def run_training(argv: list[str], *, timeout: float, sample_seconds: float = 0.5
     workdir = Path(argv[argv.index("--workdir") + 1])
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return {"argv": argv, "seconds": time.perf_counter() - started, "peak_rss_mb": peak["rss"] / 2**20,
-            "peak_pss_mb": peak["pss"] / 2**20, "processes": peak["processes"], "history": history,
-            "output_tail": output.splitlines()[-3:]}
+            "peak_pss_mb": peak["pss"] / 2**20, "peak_main_rss_mb": peak["main_rss"] / 2**20,
+            "peak_worker_rss_mb": peak["largest_child_rss"] / 2**20, "processes": peak["processes"],
+            "history": history, "output_tail": output.splitlines()[-3:]}
 
 
 def memory_benchmark(trees: dict[int, Path], workdir: Path, *, workers: int = 2, model: str = "mnist_resnet",
-                     image_size: int = 28, batch_size: int = 256, timeout: float = 7200,
+                     image_size: int = 28, batch_size: int = 256, rounds: int = 1, timeout: float = 7200,
                      extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Peak memory of one streamed training epoch (and its evaluation) on each tree (images -> path).
-    The default model is the smallest, so the run is the loader's work: every JPEG decoded whole."""
-    results = {}
-    for images, root in trees.items():
+    """Peak memory of one streamed training epoch (and its evaluation) on each tree (images -> path),
+    the sizes taking turns `rounds` times. The default model is the smallest, so the run is the
+    loader's work: every JPEG decoded whole."""
+    results = []
+    for _, (images, root) in itertools.product(range(rounds), trees.items()):
         argv = ["--dataset", "imagefolder", "--data-dir", str(root), "--model", model, "--image-size", str(image_size),
                 "--batch-size", str(batch_size), "--epochs", "1", "--workers", str(workers),
                 "--workdir", str(Path(workdir) / f"memory-{images}-{time.strftime('%Y%m%d-%H%M%S')}"), *extra]
-        results[str(images)] = run_training(argv, timeout=timeout)
+        results.append({"images": images, **run_training(argv, timeout=timeout)})
     return {"runs": results, "load_average": os.getloadavg()[0], "cpu": _cpu_name()}
 
 
