@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -195,6 +196,9 @@ def test_tfds_with_images_of_varying_size_is_streamed():
     assert all(np.array_equal(label, labels[indices]) for _, label, indices, _ in batches)
     assert sum(int(mask.sum()) for *_, mask in evaluation) == data.test_count
     assert isinstance(fixed, Dataset) and fixed.image_shape == (32, 32, 3)  # fixed-size: held in memory
+    # Workers get the source by name and open the prepared files themselves.
+    copy = pickle.loads(pickle.dumps(data.train))
+    assert (copy.name, copy.split, len(copy), copy._source) == ("imagenette", "train", 14, None)
 
 
 def test_an_unprepared_dataset_says_how_to_prepare_it(tmp_path):

@@ -37,7 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     memory.add_argument("--image-size", type=int, default=28, help="crop size (default %(default)s)")
     memory.add_argument("--batch-size", type=int, default=256)
     memory.add_argument("--rounds", type=int, default=2, help="turns each tree size takes")
-    commands.add_parser("in-memory", help="embedded digits: in memory vs streamed from PNGs")
+    in_memory = commands.add_parser("in-memory", help="embedded digits: in memory vs streamed from PNGs")
+    in_memory.add_argument("--epochs", type=int, default=4)
+    in_memory.add_argument("--rounds", type=int, default=2, help="turns each way of reading takes")
     return parser.parse_args(argv)
 
 
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
         print(f"worker CPU per image: ours {result['ours_worker_cpu_ms_per_img']:.2f} ms, torchvision "
               f"{result['torchvision_worker_cpu_ms_per_img']:.2f} ms ({result['cpu_ratio']:.2f}x); the consuming "
               f"process: {result['ours_main_cpu_ms_per_img']:.2f} ms vs {result['torchvision_main_cpu_ms_per_img']:.2f} ms")
+        print(f"peak RSS (PSS) with workers: ours {result['ours_peak_rss_mb']:.0f} ({result['ours_peak_pss_mb']:.0f}) MB, "
+              f"torchvision {result['torchvision_peak_rss_mb']:.0f} ({result['torchvision_peak_pss_mb']:.0f}) MB")
     elif args.command == "memory":
         trees = {n: bench.write_jpeg_tree(root / f"jpeg-{n}-val", n, held_out=0.1) for n in sorted(set(args.sizes))}
         result = bench.memory_benchmark(trees, root / "runs", workers=args.workers, model=args.model,
@@ -69,10 +73,12 @@ def main(argv=None) -> int:
                   f"worker {run['peak_worker_rss_mb']:.0f} MB), {run['seconds']:.0f} s")
     else:
         tree = bench.write_embedded_digits_tree(root / "embedded-digits")
-        result = bench.in_memory_vs_streamed(tree, root / "runs-in-memory")
-        for name, run in result["runs"].items():
+        result = bench.in_memory_vs_streamed(tree, root / "runs-in-memory", epochs=args.epochs, rounds=args.rounds)
+        for run in result["runs"]:
             rates = ", ".join(f"{r['images_per_sec']:.0f}" for r in run["history"])
-            print(f"{name}: img/s per epoch {rates}; peak RSS {run['peak_rss_mb']:.0f} MB")
+            print(f"{run['name']}: img/s per epoch {rates}; peak RSS {run['peak_rss_mb']:.0f} MB")
+        print("median img/s after the first epoch: " + ", ".join(
+            f"{name} {value:.0f}" for name, value in result["median_img_per_s"].items()))
     print(json.dumps(result))
     return 0
 

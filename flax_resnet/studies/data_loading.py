@@ -91,7 +91,10 @@ def our_batches(bench: LoaderBench, epoch: int):
     config = TrainConfig(model="resnet50", dataset="imagefolder", data_dir=bench.root, image_size=bench.image_size,
                          workers=bench.workers, batch_size=bench.batch_size)
     data = load_data(config)
-    return data.train_batches(epoch, seed=0, batch_size=bench.batch_size)
+    try:
+        yield from data.train_batches(epoch, seed=0, batch_size=bench.batch_size)
+    finally:
+        data.close()  # its workers stop with the round
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -109,10 +112,44 @@ def _cpu_seconds() -> tuple[float, float]:
     return own, children
 
 
+class PeakMemory:
+    """Samples `process_tree_memory(pid)` in a thread while the block runs; `peak` holds the maxima."""
+
+    def __init__(self, pid: int, seconds: float = 0.5):
+        self.pid, self.seconds = pid, seconds
+        self.peak = {"rss": 0, "pss": 0, "main_rss": 0, "largest_child_rss": 0, "processes": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            for key, value in process_tree_memory(self.pid).items():
+                self.peak[key] = max(self.peak[key], value)
+            self._stop.wait(self.seconds)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+
+    def megabytes(self) -> dict[str, float]:
+        return {f"peak_{key}_mb": value / 2**20 for key, value in self.peak.items() if key != "processes"}
+
+
 def time_loader(make_batches, bench: LoaderBench) -> dict[str, float]:
     """img/s over `bench.batches` batches, each copied once out of the loader (as a transfer to a
     device reads every byte); the CPU time per image of the workers and of this process over the
-    same batches (what a core of an unloaded machine would deliver); the seconds to the first batch."""
+    same batches (what a core of an unloaded machine would deliver); the seconds to the first
+    batch; the peak memory of this process and its workers."""
+    with PeakMemory(os.getpid()) as memory:
+        result = _time_batches(make_batches, bench)
+    return {**result, **memory.megabytes()}
+
+
+def _time_batches(make_batches, bench: LoaderBench) -> dict[str, float]:
     start = time.perf_counter()
     batches = make_batches()
     first = timed_start = cpu_start = None
@@ -159,6 +196,8 @@ def loader_benchmark(bench: LoaderBench, progress=lambda message: None) -> dict[
         for key in ("worker_cpu_ms_per_img", "main_cpu_ms_per_img"):
             out[f"{name}_{key}"] = float(np.median([r[key] for r in results[name]]))
         out[f"{name}_img_per_s_per_busy_core"] = 1e3 / out[f"{name}_worker_cpu_ms_per_img"]
+        for key in ("peak_rss_mb", "peak_pss_mb"):
+            out[f"{name}_{key}"] = max(r[key] for r in results[name])
     out["ratio"] = out["ours_img_per_s"] / out["torchvision_img_per_s"]
     out["cpu_ratio"] = out["torchvision_worker_cpu_ms_per_img"] / out["ours_worker_cpu_ms_per_img"]
     return out
@@ -199,28 +238,16 @@ def run_training(argv: list[str], *, timeout: float, sample_seconds: float = 0.5
     """scripts/train.py with `argv`; peak RSS and PSS of its process tree, and its metrics.jsonl."""
     command = [sys.executable, str(REPO / "scripts" / "train.py"), *argv, "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    peak = {"rss": 0, "pss": 0, "main_rss": 0, "largest_child_rss": 0, "processes": 0}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            for key, value in process_tree_memory(process.pid).items():
-                peak[key] = max(peak[key], value)
-            stop.wait(sample_seconds)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     started = time.perf_counter()
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        raise RuntimeError(f"training run timed out after {timeout} s:\n{output[-2000:]}") from None
-    finally:
-        stop.set()
-        sampler.join()
+    with PeakMemory(process.pid, sample_seconds) as memory:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+            raise RuntimeError(f"training run timed out after {timeout} s:\n{output[-2000:]}") from None
+    peak = memory.peak
     if process.returncode != 0:
         raise RuntimeError(f"training run failed ({process.returncode}):\n{output[-2000:]}")
     workdir = Path(argv[argv.index("--workdir") + 1])
@@ -266,9 +293,11 @@ def write_embedded_digits_tree(root) -> Path:
     return root
 
 
-def in_memory_vs_streamed(root: Path, workdir: Path, *, epochs: int = 3, timeout: float = 3600) -> dict[str, Any]:
+def in_memory_vs_streamed(root: Path, workdir: Path, *, epochs: int = 4, rounds: int = 2,
+                          timeout: float = 3600) -> dict[str, Any]:
     """The embedded digits trained in memory and streamed from the same images as PNGs (workers 0
-    and 2): mnist_resnet, batch 64, fp32. img/s of the training loop per epoch."""
+    and 2): mnist_resnet, batch 64, fp32, the three taking turns `rounds` times. img/s of the
+    training loop per epoch, and the median over every epoch after the first of each kind."""
     common = ["--model", "mnist_resnet", "--batch-size", "64", "--epochs", str(epochs), "--image-size", "28"]
     runs = {
         "in_memory": ["--dataset", "embedded_mnist", *common],
@@ -277,11 +306,13 @@ def in_memory_vs_streamed(root: Path, workdir: Path, *, epochs: int = 3, timeout
         "streamed_workers2": ["--dataset", "imagefolder", "--data-dir", str(root), "--workers", "2",
                               "--eval-crop-fraction", "1", *common],
     }
-    results = {}
-    for name, argv in runs.items():
+    results = []
+    for _, (name, argv) in itertools.product(range(rounds), runs.items()):
         fresh = Path(workdir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        results[name] = run_training([*argv, "--workdir", str(fresh)], timeout=timeout)
-    return {"runs": results, "load_average": os.getloadavg()[0], "cpu": _cpu_name()}
+        results.append({"name": name, **run_training([*argv, "--workdir", str(fresh)], timeout=timeout)})
+    medians = {name: float(np.median([r["images_per_sec"] for run in results if run["name"] == name
+                                      for r in run["history"][1:]])) for name in runs}
+    return {"runs": results, "median_img_per_s": medians, "load_average": os.getloadavg()[0], "cpu": _cpu_name()}
 
 
 def _cpu_name() -> str:

@@ -12,9 +12,14 @@ import torchvision.transforms as T
 
 
 def torchvision_batches(bench, epoch: int):
-    """An iterator over (uint8 NCHW images, labels) batches of root/train, shuffled with `epoch` as seed."""
+    """(uint8 NCHW images, labels) batches of root/train, shuffled with `epoch` as seed; closing the
+    generator stops the workers."""
     transform = T.Compose([T.RandomResizedCrop(bench.image_size), T.RandomHorizontalFlip(), T.PILToTensor()])
     dataset = torchvision.datasets.ImageFolder(str(Path(bench.root) / "train"), transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=bench.batch_size, shuffle=True, drop_last=True,
                                          num_workers=bench.workers, generator=torch.Generator().manual_seed(epoch))
-    return iter(loader)
+    batches = iter(loader)
+    try:
+        yield from batches
+    finally:
+        batches._shutdown_workers()  # its workers stop with the round, not when garbage-collected
