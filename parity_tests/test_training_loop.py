@@ -39,7 +39,7 @@ def test_run_writes_every_output(mnist_dir, tmp_path):
     assert config["model"] == "mnist_resnet" and config["model_kwargs"] == {"num_classes": 10, "in_channels": 1}
     assert config["batch_size"] == 16 and config["augment"]["crop_padding"] == 2
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1", "2"]
+    assert sorted(int(name) for name in os.listdir(tmp_path / "run" / "checkpoints")) == [4, 8]  # train steps
 
     # The exported weights load strictly into the torch twin, and compute what the Flax model computes.
     torch_model = torch_ref.create_model(config["model"], **config["model_kwargs"])
@@ -72,9 +72,9 @@ def test_resume_after_interrupt_matches_uninterrupted(mnist_dir, tmp_path):
     assert_same_history(resumed.history, whole.history)
     for key, value in to_torch_state_dict(whole.model).items():
         np.testing.assert_array_equal(to_torch_state_dict(resumed.model)[key], value, err_msg=key)
-    # keep_checkpoints=1 keeps the latest and the best.
+    # keep_checkpoints=1 keeps the latest and the best (named by train step: 4 an epoch).
     best = max(whole.history, key=lambda r: r["test_accuracy"])["epoch"]
-    assert sorted(int(p) for p in os.listdir(tmp_path / "whole" / "checkpoints")) == sorted({3, best})
+    assert sorted(int(p) for p in os.listdir(tmp_path / "whole" / "checkpoints")) == sorted({12, 4 * best})
 
 
 def test_finished_run_continues_and_divergence_keeps_the_last_good_checkpoint(mnist_dir, tmp_path):
@@ -89,9 +89,9 @@ def test_finished_run_continues_and_divergence_keeps_the_last_good_checkpoint(mn
 
     workdir = tmp_path / "grown"
     weights = (workdir / "model.safetensors").read_bytes()
-    with pytest.raises(TrainingDiverged, match=r"diverged.*epoch 4.*last good checkpoint \(epoch 3\)"):
+    with pytest.raises(TrainingDiverged, match=r"diverged.*epoch 4.*last good checkpoint \(after epoch 3\)"):
         train(tiny(mnist_dir, workdir, epochs=5, **{**settings, "lr": 1e4}))
-    assert "3" in os.listdir(workdir / "checkpoints") and "4" not in os.listdir(workdir / "checkpoints")
+    assert "12" in os.listdir(workdir / "checkpoints") and "16" not in os.listdir(workdir / "checkpoints")
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 3
     assert (workdir / "model.safetensors").read_bytes() == weights
 
@@ -158,5 +158,5 @@ def test_script_reports_divergence_without_a_traceback(mnist_dir, tmp_path, caps
     code, stderr = run_script_in_process(capsys, "--dataset", "mnist", "--data-dir", str(mnist_dir),
                                          "--batch-size", "16", "--lr", "1e4", "--epochs", "1", "--no-progress",
                                          "--workdir", str(tmp_path / "nan"))
-    assert code == 1 and "training diverged" in stderr and "no epoch finished" in stderr
+    assert code == 1 and "training diverged" in stderr and "no checkpoint was written yet" in stderr
     assert "Traceback" not in stderr and not (tmp_path / "nan" / "metrics.jsonl").exists()
