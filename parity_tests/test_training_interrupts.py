@@ -114,20 +114,27 @@ def assert_resumed_equals(resumed, whole):
         np.testing.assert_array_equal(weights[key], value, err_msg=key)
 
 
-@pytest.mark.parametrize("framework, signal_name, status", [("flax", "SIGTERM", 143), ("torch", "SIGINT", 130)])
-def test_signal_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(framework, signal_name, status,
-                                                                            mnist_dir, tmp_path, uninterrupted):
-    """The signal comes right after the checkpoint of step 6: the run finishes step 7 (epoch 2, step 3
-    of 4, one batch into an accumulation window), checkpoints it, says how to resume and exits with
-    128 + the signal's number. The same command resumes it; it ends as the uninterrupted run."""
+@pytest.mark.parametrize("framework, signal_name, status, after, where, finished", [
+    ("flax", "SIGTERM", 143, 6, "in epoch 2 after step 3 of 4", [1]),
+    ("torch", "SIGINT", 130, 3, "in epoch 1 after step 4 of 4", []),  # before the epoch's evaluation
+], ids=["flax-SIGTERM-mid-epoch", "torch-SIGINT-before-evaluation"])
+def test_signal_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(framework, signal_name, status, after,
+                                                                            where, finished, mnist_dir, tmp_path,
+                                                                            uninterrupted):
+    """The signal comes right after the checkpoint of step `after`: the run finishes the next step
+    (inside an accumulation window), checkpoints it, says how to resume and exits with 128 + the
+    signal's number. The same command resumes it; it ends as the uninterrupted run."""
     config = tiny(mnist_dir, tmp_path / "run", framework=framework, checkpoint_every=3, **SETTINGS)
-    code, _, err = finish(start(signal_name, 6, config))
+    code, _, err = finish(start(signal_name, after, config))
     assert code == status, err[-3000:]
-    assert f"stopped by {signal_name} in epoch 2 after step 3 of 4" in err and "Traceback" not in err
+    assert f"stopped by {signal_name} {where}" in err and "Traceback" not in err
     command = err.split("to resume, run the same command with the same --workdir:\n", 1)[1].strip()
     assert shlex.split(command)[2:] == arguments(config)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    if finished:
+        assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == finished
+    else:
+        assert not metrics.exists()
 
     resumed = train(config)
     assert_resumed_equals(resumed, uninterrupted(framework))

@@ -22,7 +22,7 @@ from flax_resnet.porting.state_dict import to_torch_state_dict
 from flax_resnet.registry import MODELS
 from flax_resnet.training import train
 from flax_resnet.training.workdir import TrainingDiverged
-from parity_tests.training_fixtures import assert_same_history, mnist_dir, tiny  # noqa: F401 - a fixture
+from parity_tests.training_fixtures import assert_same_history, mnist_dir, read_events, scalars, tiny  # noqa: F401 - a fixture
 from parity_tests.twins import relative_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +40,14 @@ def test_run_writes_every_output(mnist_dir, tmp_path):
     assert config["batch_size"] == 16 and config["augment"]["crop_padding"] == 2
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(int(name) for name in os.listdir(tmp_path / "run" / "checkpoints")) == [4, 8]  # train steps
+
+    # TensorBoard: every step's loss and lr, and each epoch's record at its step count.
+    events = read_events(tmp_path / "run")
+    assert sorted(scalars(events, "train/loss")) == list(range(1, 9)) and scalars(events, "train/images_per_sec")
+    assert scalars(events, "train/lr")[1] == pytest.approx(0.02)  # the cosine schedule's first update
+    for record in result.history:
+        for key in ("train_loss", "test_loss", "test_accuracy", "lr"):
+            assert scalars(events, f"epoch/{key}")[record["step"]] == pytest.approx(record[key], rel=1e-6), key
 
     # The exported weights load strictly into the torch twin, and compute what the Flax model computes.
     torch_model = torch_ref.create_model(config["model"], **config["model_kwargs"])
@@ -70,6 +78,10 @@ def test_resume_after_interrupt_matches_uninterrupted(mnist_dir, tmp_path):
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
     resumed = train(tiny(mnist_dir, tmp_path / "split", keep_checkpoints=1))
     assert_same_history(resumed.history, whole.history)
+    # The resumed run's event file tells TensorBoard to drop points after step 4 from earlier files.
+    events = read_events(tmp_path / "split")
+    assert any(e.session_log.status == e.session_log.START and e.step == 5 for e in events)
+    assert sorted(scalars(events, "train/loss")) == list(range(1, 13))
     for key, value in to_torch_state_dict(whole.model).items():
         np.testing.assert_array_equal(to_torch_state_dict(resumed.model)[key], value, err_msg=key)
     # keep_checkpoints=1 keeps the latest and the best (named by train step: 4 an epoch).

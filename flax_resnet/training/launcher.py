@@ -5,9 +5,9 @@
 Each process gets `--coordinator-address 127.0.0.1:PORT --num-processes N --process-id I` after the
 given arguments. Process 0's output goes straight to this terminal; the others' lines come prefixed
 with `[process I]`. SIGINT and SIGTERM given to the launcher go to every process once (each is in
-its own session, so a terminal's Ctrl-C does not reach them twice); should the launcher die, the
-kernel sends them SIGTERM (Linux). When one process fails, the others are stopped too: SIGTERM,
-then SIGKILL after `grace` seconds. The launcher exits with the first failing status (a process a
+its own session, so a terminal's Ctrl-C does not reach them twice); should the launcher itself be
+killed, the kernel kills them too (Linux), as they might otherwise wait forever for each other.
+When one process fails, the others are stopped too: SIGTERM, then SIGKILL after `grace` seconds. The launcher exits with the first failing status (a process a
 signal killed counts as 128 + the signal), else 0.
 """
 
@@ -41,11 +41,11 @@ def process_command(command: Sequence[str], address: str, nproc: int, index: int
 
 
 def _die_with_parent() -> None:
-    # Runs in the child before exec: SIGTERM it if the launcher dies (prctl PR_SET_PDEATHSIG = 1).
+    # Runs in the child before exec: SIGKILL it if the launcher dies (prctl PR_SET_PDEATHSIG = 1).
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _relay(stream, index: int) -> None:
