@@ -108,7 +108,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
                          warn=lambda message: log(f"warning: {message}", file=sys.stderr)) as checkpoints,
           StopRequests(agree=processes.agree_on_signal if jax.process_count() > 1 else None,
                        every=STOP_CHECK_STEPS) as stop,
-          EventWriter(workdir.path, enabled=workdir.writer) as curves):
+          EventWriter(workdir.path, learning_rate=lambda steps: schedule.learning_rate(steps // config.grad_accum),
+                      enabled=workdir.writer) as curves):
         # --- restore
         state, progress = checkpoints.restore(state)
         history = progress.history
@@ -132,8 +133,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         else:
             log(f"all {config.epochs} epochs are done; a larger --epochs continues the run")
         events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
-                            curves=curves, workdir=workdir.path,
-                            learning_rate=lambda step: learning_rate_at_step(schedule, step, config.grad_accum))
+                            curves=curves, workdir=workdir.path)
         events.before_first_step(progress)
 
         # --- loop

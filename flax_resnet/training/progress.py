@@ -72,10 +72,9 @@ class StepEvents:
     `begin_epoch` before an epoch's first step and `end_epoch` after its checkpoint.
     """
 
-    def __init__(self, *, steps_per_epoch: int, checkpoint_every: int, stop: StopRequests, curves,
-                 learning_rate: Callable[[int], float], workdir):
+    def __init__(self, *, steps_per_epoch: int, checkpoint_every: int, stop: StopRequests, curves, workdir):
         self.steps_per_epoch, self.checkpoint_every = steps_per_epoch, checkpoint_every
-        self.stop, self.curves, self.learning_rate, self.workdir = stop, curves, learning_rate, workdir
+        self.stop, self.curves, self.workdir = stop, curves, workdir
         self.epoch, self.history, self._started, self._seconds_before = 1, [], 0.0, 0.0
 
     def begin_epoch(self, epoch: int, history: list[dict], resumed: Progress | None = None) -> None:
@@ -89,7 +88,9 @@ class StepEvents:
                    data: dict | None = None) -> None:
         """Step `steps_done` of the epoch has run; `totals` are the epoch's metric sums so far."""
         step = (self.epoch - 1) * self.steps_per_epoch + steps_done
-        self.curves.step(step, metrics, self.learning_rate(step - 1))
+        self.curves.step(step, metrics)
+        if steps_done == self.steps_per_epoch:
+            self.curves.flush()  # before the evaluation, which the throughput should not include
         signum = self.stop.check(step)
         # At the epoch's last step the epoch-end checkpoint follows (after the evaluation).
         due = (self.checkpoint_every and step % self.checkpoint_every == 0 and steps_done < self.steps_per_epoch)

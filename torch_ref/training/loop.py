@@ -62,7 +62,9 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     steps_per_epoch = setup.plan.steps_per_epoch
     with (RunCheckpoints(workdir, config.keep_checkpoints, steps_per_epoch=steps_per_epoch,
                          warn=lambda message: print(f"warning: {message}", file=sys.stderr)) as checkpoints,
-          StopRequests() as stop, EventWriter(workdir.path) as curves):
+          StopRequests() as stop,
+          EventWriter(workdir.path, learning_rate=lambda steps: schedule.learning_rate(steps // config.grad_accum))
+          as curves):
         # --- restore
         progress = checkpoints.restore(model, optimizer)
         history, step = progress.history, progress.step
@@ -79,8 +81,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         print(f"{config.model} on {data.describe()}; torch {torch.__version__} on cpu; "
               f"{steps_per_epoch} steps per epoch; writing to {workdir.path}")
         events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
-                            curves=curves, workdir=workdir.path,
-                            learning_rate=lambda step: learning_rate_at_step(schedule, step, config.grad_accum))
+                            curves=curves, workdir=workdir.path)
         save = functools.partial(checkpoints.save, model, optimizer)
         events.before_first_step(progress)
 
