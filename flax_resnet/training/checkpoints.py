@@ -27,8 +27,8 @@ import orbax.checkpoint as ocp
 
 from flax_resnet.files import checksum_problem, folder_checksums, write_json
 from flax_resnet.training import processes
-from flax_resnet.training.progress import DAMAGED_FOLDER, Progress, UnreadableCheckpoints
-from flax_resnet.training.workdir import TrainingDiverged, Workdir
+from flax_resnet.training.progress import DAMAGED_FOLDER, Progress, diverged_parameters, newest_intact
+from flax_resnet.training.workdir import Workdir
 
 MANIFEST = "files.json"
 
@@ -69,23 +69,14 @@ class RunCheckpoints:
         (`state`, a fresh Progress) when there is none. Raises UnreadableCheckpoints if there are
         checkpoints and none of them can be read."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        damaged: list[tuple[int, str]] = []
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            restored, problem = self._read(step, abstract)
-            if problem is not None:
-                self.warn(f"checkpoint {self.folder / str(step)} is damaged: {problem}")
-                damaged.append((step, problem))
-                continue
-            self.latest = restored[1].describe(self.steps_per_epoch)
-            if damaged:
-                self.warn(f"resuming from the checkpoint before it instead: step {step}, {self.latest}")
-                self._set_aside([step for step, _ in damaged])
-            return restored
-        if damaged:
-            raise UnreadableCheckpoints(
-                f"no checkpoint in {self.folder} can be read ({'; '.join(f'{s}: {p}' for s, p in damaged)}); "
-                f"move the run folder away to start it again")
-        return state, Progress()
+        restored = newest_intact(self.manager.all_steps(), lambda step: self._read(step, abstract),
+                                 where=lambda step: str(self.folder / str(step)),
+                                 describe=lambda restored: restored[1].describe(self.steps_per_epoch), warn=self.warn,
+                                 set_aside=self._set_aside, folder=self.folder)
+        if restored is None:
+            return state, Progress()
+        self.latest = restored[1].describe(self.steps_per_epoch)
+        return restored
 
     def _read(self, step: int, abstract):
         step_folder = self.folder / str(step)
@@ -125,11 +116,7 @@ class RunCheckpoints:
         """Checkpoint `state` at `progress` (an epoch end when `test_accuracy` is given). A checkpoint at
         the same step (an epoch whose evaluation a stop interrupted) is replaced."""
         if not _all_finite(state.params):
-            raise TrainingDiverged(
-                f"training diverged: the parameters became NaN or infinite by train step {progress.step}; "
-                + (f"the last good checkpoint ({self.latest}) is kept in {self.folder}" if self.latest
-                   else "no checkpoint was written yet")
-                + ". Lower --lr or add --warmup-epochs; re-running with the same --workdir resumes from it")
+            raise diverged_parameters(progress.step, self.latest, self.folder)
         step = progress.step
         if step in self.manager.all_steps():
             self.manager.delete(step)

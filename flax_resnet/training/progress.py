@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
+from flax_resnet.training.workdir import TrainingDiverged
 
 TOTALS = ("loss", "correct", "count")  # the train metric sums of an epoch
 DAMAGED_FOLDER = "damaged-checkpoints"  # in the run folder: checkpoints found damaged, set aside
@@ -117,3 +118,36 @@ class StepEvents:
         if signum:
             raise TrainingInterrupted(signum, Progress.after_epoch(self.history, step).describe(self.steps_per_epoch),
                                       self.workdir)
+
+
+def newest_intact(steps: list[int], read: Callable[[int], tuple[Any, str | None]], *, where: Callable[[int], str],
+                  describe: Callable[[Any], str], warn: Callable[[str], None],
+                  set_aside: Callable[[list[int]], None], folder) -> Any:
+    """The newest checkpoint that `read(step)` -> (result, problem or None) reads, warning about each
+    damaged one (`where(step)` names it), which `set_aside` then moves away; None if there are no
+    checkpoints. Both trainers restore this way. Raises UnreadableCheckpoints if there are some and
+    none can be read."""
+    damaged: list[tuple[int, str]] = []
+    for step in sorted(steps, reverse=True):
+        result, problem = read(step)
+        if problem is not None:
+            warn(f"checkpoint {where(step)} is damaged: {problem}")
+            damaged.append((step, problem))
+            continue
+        if damaged:
+            warn(f"resuming from the checkpoint before it instead: step {step}, {describe(result)}")
+            set_aside([step for step, _ in damaged])
+        return result
+    if damaged:
+        raise UnreadableCheckpoints(f"no checkpoint in {folder} can be read "
+                                    f"({'; '.join(f'{step}: {problem}' for step, problem in damaged)}); "
+                                    f"move the run folder away to start it again")
+    return None
+
+
+def diverged_parameters(step: int, latest: str | None, folder) -> TrainingDiverged:
+    """The error for parameters that became NaN or infinite, found as a checkpoint was to be written."""
+    kept = f"the last good checkpoint ({latest}) is kept in {folder}" if latest else "no checkpoint was written yet"
+    return TrainingDiverged(f"training diverged: the parameters became NaN or infinite by train step {step}; "
+                            f"{kept}. Lower --lr or add --warmup-epochs; re-running with the same --workdir "
+                            f"resumes from it")

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from flax_resnet.files import atomic_file, checksum_problem, file_checksum, write_json
-from flax_resnet.training.progress import DAMAGED_FOLDER, Progress, UnreadableCheckpoints
-from flax_resnet.training.workdir import TrainingDiverged, Workdir
+from flax_resnet.training.progress import DAMAGED_FOLDER, Progress, diverged_parameters, newest_intact
+from flax_resnet.training.workdir import Workdir
 from torch_ref.training.optim import load_optimizer_state
 
 PATTERN = re.compile(r"^step_(\d+)\.json$")
@@ -67,23 +67,14 @@ class RunCheckpoints:
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
         """Load the newest intact checkpoint into `model` and `optimizer` and return its Progress
         (a fresh one if there is none). Raises UnreadableCheckpoints if none can be read."""
-        damaged: list[tuple[int, str]] = []
-        for step in reversed(self.steps()):
-            progress, problem = self._read(step, model, optimizer)
-            if problem is not None:
-                self.warn(f"checkpoint {self._paths(step)[0]} is damaged: {problem}")
-                damaged.append((step, problem))
-                continue
-            self.latest = progress.describe(self.steps_per_epoch)
-            if damaged:
-                self.warn(f"resuming from the checkpoint before it instead: step {step}, {self.latest}")
-                self._set_aside([step for step, _ in damaged])
-            return progress
-        if damaged:
-            raise UnreadableCheckpoints(
-                f"no checkpoint in {self.folder} can be read ({'; '.join(f'{s}: {p}' for s, p in damaged)}); "
-                f"move the run folder away to start it again")
-        return Progress()
+        progress = newest_intact(self.steps(), lambda step: self._read(step, model, optimizer),
+                                 where=lambda step: str(self._paths(step)[0]),
+                                 describe=lambda progress: progress.describe(self.steps_per_epoch), warn=self.warn,
+                                 set_aside=self._set_aside, folder=self.folder)
+        if progress is None:
+            return Progress()
+        self.latest = progress.describe(self.steps_per_epoch)
+        return progress
 
     def _read(self, step: int, model, optimizer) -> tuple[Progress | None, str | None]:
         weights, record = self._paths(step)
@@ -120,11 +111,7 @@ class RunCheckpoints:
         """Checkpoint the model, optimizer and accumulated gradients at `progress` (an epoch end
         when `test_accuracy` is given), then drop the checkpoints no longer kept."""
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise TrainingDiverged(
-                f"training diverged: the parameters became NaN or infinite by train step {progress.step}; "
-                + (f"the last good checkpoint ({self.latest}) is kept in {self.folder}" if self.latest
-                   else "no checkpoint was written yet")
-                + ". Lower --lr or add --warmup-epochs; re-running with the same --workdir resumes from it")
+            raise diverged_parameters(progress.step, self.latest, self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         weights, record = self._paths(progress.step)
         record.unlink(missing_ok=True)  # a checkpoint at the same step (an interrupted evaluation) is replaced
