@@ -22,7 +22,8 @@ from flax_resnet.porting.state_dict import to_torch_state_dict
 from flax_resnet.registry import MODELS
 from flax_resnet.training import train
 from flax_resnet.training.workdir import TrainingDiverged
-from parity_tests.training_fixtures import assert_same_history, mnist_dir, read_events, scalars, tiny  # noqa: F401 - a fixture
+from parity_tests.training_fixtures import (assert_same_history, mnist_dir, read_events,  # noqa: F401 - a fixture
+                                           scalars, tiny)
 from parity_tests.twins import relative_error
 
 REPO = Path(__file__).resolve().parent.parent

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         # A launcher of several processes says what to run again: its own command, not this one.
         command = os.environ.get(RESUME_COMMAND_VARIABLE) or resume_command(
             _shortest(sys.executable), _shortest(__file__), argv, stopped.workdir)
-        if config.process_id in (None, 0):
+        if stopped.announce:
             print(f"{parser.prog}: {stopped}\nto resume, run the same command with the same --workdir:\n"
                   f"  {command}", file=sys.stderr)
         return stopped.exit_status

@@ -25,10 +25,11 @@ EXIT_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + 15, 128 + 2
 
 
 class TrainingInterrupted(Exception):
-    """The run stopped on a signal after writing a checkpoint. `exit_status` is the status to exit with."""
+    """The run stopped on a signal after writing a checkpoint. `exit_status` is the status to exit
+    with; `announce` is False in the processes of a multi-process run that should not print."""
 
-    def __init__(self, signum: int, where: str, workdir):
-        self.signum, self.where, self.workdir = signum, where, workdir
+    def __init__(self, signum: int, where: str, workdir, *, announce: bool = True):
+        self.signum, self.where, self.workdir, self.announce = signum, where, workdir, announce
         self.exit_status = EXIT_STATUS.get(signum, 128 + signum)
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name} {where}; checkpointed in {os.fspath(workdir)}")

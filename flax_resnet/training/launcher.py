@@ -7,8 +7,9 @@ given arguments. Process 0's output goes straight to this terminal; the others' 
 with `[process I]`. SIGINT and SIGTERM given to the launcher go to every process once (each is in
 its own session, so a terminal's Ctrl-C does not reach them twice); should the launcher itself be
 killed, the kernel kills them too (Linux), as they might otherwise wait forever for each other.
-When one process fails, the others are stopped too: SIGTERM, then SIGKILL after `grace` seconds. The launcher exits with the first failing status (a process a
-signal killed counts as 128 + the signal), else 0.
+When one process fails, the others are stopped too: SIGTERM, then SIGKILL after `grace` seconds.
+The launcher exits with the first failing status (a process a signal killed counts as 128 + the
+signal), else 0.
 """
 
 from __future__ import annotations

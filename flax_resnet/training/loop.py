@@ -133,7 +133,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         else:
             log(f"all {config.epochs} epochs are done; a larger --epochs continues the run")
         events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
-                            curves=curves, workdir=workdir.path)
+                            curves=curves, workdir=workdir.path, main=workdir.writer)
         events.before_first_step(progress)
 
         # --- loop

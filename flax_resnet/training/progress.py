@@ -73,9 +73,11 @@ class StepEvents:
     `begin_epoch` before an epoch's first step and `end_epoch` after its checkpoint.
     """
 
-    def __init__(self, *, steps_per_epoch: int, checkpoint_every: int, stop: StopRequests, curves, workdir):
+    def __init__(self, *, steps_per_epoch: int, checkpoint_every: int, stop: StopRequests, curves, workdir,
+                 main: bool = True):
+        """`main`: this is the process that prints (process 0)."""
         self.steps_per_epoch, self.checkpoint_every = steps_per_epoch, checkpoint_every
-        self.stop, self.curves, self.workdir = stop, curves, workdir
+        self.stop, self.curves, self.workdir, self.main = stop, curves, workdir, main
         self.epoch, self.history, self._started, self._seconds_before = 1, [], 0.0, 0.0
 
     def begin_epoch(self, epoch: int, history: list[dict], resumed: Progress | None = None) -> None:
@@ -102,22 +104,23 @@ class StepEvents:
                             self._seconds_before + time.perf_counter() - self._started, dict(data or {}))
         save(progress)
         if signum:
-            raise TrainingInterrupted(signum, progress.describe(self.steps_per_epoch), self.workdir)
+            self._stop(signum, progress.describe(self.steps_per_epoch))
 
     def before_first_step(self, progress: Progress) -> None:
         """After the set-up and compilation: a signal that came during them stops the run here, with
         nothing new to checkpoint."""
         signum = self.stop.check_now()
         if signum:
-            where = progress.describe(self.steps_per_epoch) if progress.step else "before its first step"
-            raise TrainingInterrupted(signum, where, self.workdir)
+            self._stop(signum, progress.describe(self.steps_per_epoch) if progress.step else "before its first step")
 
     def end_epoch(self, step: int) -> None:
         """After the epoch's checkpoint: stop here if a signal came during the evaluation or the writes."""
         signum = self.stop.check_now()
         if signum:
-            raise TrainingInterrupted(signum, Progress.after_epoch(self.history, step).describe(self.steps_per_epoch),
-                                      self.workdir)
+            self._stop(signum, Progress.after_epoch(self.history, step).describe(self.steps_per_epoch))
+
+    def _stop(self, signum: int, where: str):
+        raise TrainingInterrupted(signum, where, self.workdir, announce=self.main)
 
 
 def newest_intact(steps: list[int], read: Callable[[int], tuple[Any, str | None]], *, where: Callable[[int], str],

@@ -157,8 +157,9 @@ def train_epoch(model, optimizer, schedule, augment_steps, rng, data: Dataset, c
     return step, totals, time.perf_counter() - start_time
 
 
-# JAX prepares the pixels (the Flax step's own augmentation) for many steps in one call: interleaving a small JAX call with every torch step makes the two libraries'
-# thread pools fight over the cores, several times slower on a small CPU.
+# JAX prepares the pixels (the Flax step's own augmentation) for many steps in one call:
+# interleaving a small JAX call with every torch step makes the two libraries' thread pools fight
+# over the cores, several times slower on a small CPU.
 CHUNK_STEPS = 32
 
 
