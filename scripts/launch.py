@@ -28,7 +28,7 @@ from flax_resnet.training.launcher import launch  # noqa: E402
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, required=True, help="processes to start")
     parser.add_argument("--port", type=int, default=None, help="the coordinator's port (default: a free one)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT ARGS: the program each process runs")

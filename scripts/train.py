@@ -14,6 +14,7 @@ the loss diverged, or no checkpoint in --workdir can be read; 2: bad settings or
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ from flax_resnet.training.launcher import RESUME_COMMAND_VARIABLE  # noqa: E402 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = OneLineErrorParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[-1].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     args = parser.parse_args(argv)
     try:
