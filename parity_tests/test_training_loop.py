@@ -159,6 +159,12 @@ def test_script_refuses_bad_settings_in_one_line(tmp_path):
     (("--schedule", "multistep", "--milestones", "3", "2"), "milestones must be increasing epochs"),
     (("--batch-size", "1000"), "batch_size 1000 is larger than the 64 training images of mnist"),
     (("--image-size", "32"), "mnist_resnet cannot take 32x32x1 images"),
+    (("--coordinator-address", "127.0.0.1:1234", "--num-processes", "2"),
+     "give coordinator_address, num_processes and process_id together"),
+    (("--framework", "torch", "--coordinator-address", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "0"),
+     "the torch trainer runs in one process"),
+    (("--coordinator-address", "localhost", "--num-processes", "2", "--process-id", "2"),
+     "coordinator_address must be HOST:PORT"),
 ])
 def test_bad_settings_are_refused(argv, message, mnist_dir, tmp_path, capsys):
     code, stderr = run_script_in_process(capsys, "--dataset", "mnist", "--data-dir", str(mnist_dir), *argv,
