@@ -80,6 +80,16 @@ def test_no_readable_checkpoint_stops_instead_of_starting_again(mnist_dir, tmp_p
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
 
 
+def test_finished_epochs_without_a_checkpoint_are_not_trained_over(mnist_dir, tmp_path):
+    """A run folder whose checkpoints are gone, or of a format this version does not read (the
+    torch twin's former epoch_N.pt): resuming would start from scratch over its metrics."""
+    train(tiny(mnist_dir, tmp_path / "run", framework="torch", epochs=1))
+    for path in (tmp_path / "run" / "checkpoints").iterdir():
+        path.rename(path.with_name("epoch_0001.pt" if path.suffix == ".pt" else "epoch_0001.json"))
+    with pytest.raises(UnreadableCheckpoints, match="has finished epochs, but .* holds no checkpoint of this version"):
+        train(tiny(mnist_dir, tmp_path / "run", framework="torch", epochs=2))
+
+
 def test_leftovers_of_a_killed_torch_write_are_ignored_and_removed(mnist_dir, tmp_path):
     """A .pt whose .json was never written and a temporary file: neither counts, both go."""
     train(tiny(mnist_dir, tmp_path / "run", framework="torch", epochs=1))

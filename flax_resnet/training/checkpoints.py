@@ -50,6 +50,7 @@ class RunCheckpoints:
     def __init__(self, workdir: Workdir, keep: int, *, steps_per_epoch: int, warn: Callable[[str], None]):
         self.folder = workdir.checkpoints_path.absolute()
         self.damaged_folder = workdir.path.absolute() / DAMAGED_FOLDER
+        self.metrics = workdir.metrics_path
         self.writer, self.steps_per_epoch, self.warn = workdir.writer, steps_per_epoch, warn
         # Synchronous saves: files.json is written right after, and a stop on SIGTERM needs the
         # checkpoint finished before the process exits anyway.
@@ -72,7 +73,7 @@ class RunCheckpoints:
         restored = newest_intact(self.manager.all_steps(), lambda step: self._read(step, abstract),
                                  where=lambda step: str(self.folder / str(step)),
                                  describe=lambda restored: restored[1].describe(self.steps_per_epoch), warn=self.warn,
-                                 set_aside=self._set_aside, folder=self.folder)
+                                 set_aside=self._set_aside, folder=self.folder, metrics=self.metrics)
         if restored is None:
             return state, Progress()
         self.latest = restored[1].describe(self.steps_per_epoch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
@@ -125,11 +126,11 @@ class StepEvents:
 
 def newest_intact(steps: list[int], read: Callable[[int], tuple[Any, str | None]], *, where: Callable[[int], str],
                   describe: Callable[[Any], str], warn: Callable[[str], None],
-                  set_aside: Callable[[list[int]], None], folder) -> Any:
+                  set_aside: Callable[[list[int]], None], folder, metrics: Path) -> Any:
     """The newest checkpoint that `read(step)` -> (result, problem or None) reads, warning about each
     damaged one (`where(step)` names it), which `set_aside` then moves away; None if there are no
-    checkpoints. Both trainers restore this way. Raises UnreadableCheckpoints if there are some and
-    none can be read."""
+    checkpoints and no finished epoch in `metrics` (metrics.jsonl). Both trainers restore this way.
+    Raises UnreadableCheckpoints if there are checkpoints, or finished epochs, and none can be read."""
     damaged: list[tuple[int, str]] = []
     for step in sorted(steps, reverse=True):
         result, problem = read(step)
@@ -145,6 +146,9 @@ def newest_intact(steps: list[int], read: Callable[[int], tuple[Any, str | None]
         raise UnreadableCheckpoints(f"no checkpoint in {folder} can be read "
                                     f"({'; '.join(f'{step}: {problem}' for step, problem in damaged)}); "
                                     f"move the run folder away to start it again")
+    if metrics.exists() and metrics.read_text().strip():
+        raise UnreadableCheckpoints(f"{metrics} has finished epochs, but {folder} holds no checkpoint of this "
+                                    f"version; move the run folder away to start it again")
     return None
 
 

@@ -35,6 +35,7 @@ class RunCheckpoints:
     def __init__(self, workdir: Workdir, keep: int, *, steps_per_epoch: int, warn: Callable[[str], None]):
         self.folder = workdir.checkpoints_path.absolute()
         self.damaged_folder = workdir.path.absolute() / DAMAGED_FOLDER
+        self.metrics = workdir.metrics_path
         self.keep, self.steps_per_epoch, self.warn = keep, steps_per_epoch, warn
         self.latest: str | None = None  # where the newest checkpoint written or restored stands
         self._remove_leftovers()
@@ -70,7 +71,7 @@ class RunCheckpoints:
         progress = newest_intact(self.steps(), lambda step: self._read(step, model, optimizer),
                                  where=lambda step: str(self._paths(step)[0]),
                                  describe=lambda progress: progress.describe(self.steps_per_epoch), warn=self.warn,
-                                 set_aside=self._set_aside, folder=self.folder)
+                                 set_aside=self._set_aside, folder=self.folder, metrics=self.metrics)
         if progress is None:
             return Progress()
         self.latest = progress.describe(self.steps_per_epoch)
