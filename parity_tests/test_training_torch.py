@@ -56,6 +56,6 @@ def test_torch_resume_matches_uninterrupted(mnist_dir, tmp_path):
     for key, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
     best = max(whole.history, key=lambda r: r["test_accuracy"])["epoch"]
-    kept = sorted(os.listdir(tmp_path / "whole" / "checkpoints"))
-    assert kept == sorted({f"epoch_{3:04d}.pt", f"epoch_{best:04d}.pt"})
+    kept = sorted(os.listdir(tmp_path / "whole" / "checkpoints"))  # named by train step: 4 an epoch
+    assert kept == sorted(f"step_{4 * epoch:08d}.{suffix}" for epoch in {3, best} for suffix in ("pt", "json"))
     assert TrainConfig.from_json(json.loads((tmp_path / "split" / "config.json").read_text())).framework == "torch"
