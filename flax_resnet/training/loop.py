@@ -20,6 +20,7 @@ from flax_resnet.porting.checkpoint import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
 from flax_resnet.training.data import Dataset, load_dataset
+from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
 from flax_resnet.training.optim import learning_rate, make_optimizer
 from flax_resnet.training.sampling import epoch_order, eval_batches
@@ -32,11 +33,13 @@ from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finit
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
 
 
-def build_model(config: TrainConfig, setup: RunSetup, data: Dataset) -> nnx.Module:
-    """The model with `initial_weights` drawn from `config.seed`; refuses an input size it cannot take."""
+def build_model(config: TrainConfig, setup: RunSetup, data: Dataset, initial=None) -> nnx.Module:
+    """The model with `initial` weights (a state_dict), by default `initial_weights` drawn from
+    `config.seed`; refuses an input size it cannot take."""
     model = model_skeleton(config.model, **setup.model_kwargs)
-    load_torch_state_dict(model, initial_state_dict(config.model, setup.model_kwargs, torch_shapes(model),
-                                                    config.seed))
+    if initial is None:
+        initial = initial_state_dict(config.model, setup.model_kwargs, torch_shapes(model), config.seed)
+    load_torch_state_dict(model, initial)
     size = setup.augment.image_size or data.image_shape[0]
     probe = jax.ShapeDtypeStruct((1, size, size, data.image_shape[2]), jnp.float32)
     try:
@@ -73,20 +76,27 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
 
     # --- data
     data = load_dataset(config.dataset, config.data_dir)
+    config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
     setup = prepare_run(config, data, mesh.size)
     workdir = Workdir.open(config, writer=jax.process_index() == 0)  # refuses to resume other settings
     config = dataclasses.replace(config, workdir=str(workdir.path))
     log = print if workdir.writer else (lambda *args: None)
 
     # --- model
-    model = build_model(config, setup, data)
+    start = None if opened is None else starting_state(
+        opened, config, setup.model_kwargs, torch_shapes(model_skeleton(config.model, **setup.model_kwargs)))
+    model = build_model(config, setup, data, None if start is None else start.state_dict)
+    for note in () if start is None else start.notes:
+        log(note)
     workdir.create()
 
     # --- optimizer, and the steps that use it
     tx, schedule = make_optimizer(config, setup.plan)
     graphdef, eval_graphdef, state = split_model(model, tx)
-    train_step = jit_train_step(graphdef, tx, mesh, augment=setup.augment, precision=config.precision,
-                                label_smoothing=config.label_smoothing)
+    # Frozen BatchNorm: the train step runs the eval-mode graph (running statistics, no updates).
+    frozen_bn = config.freeze_bn or config.freeze_backbone
+    train_step = jit_train_step(eval_graphdef if frozen_bn else graphdef, tx, mesh, augment=setup.augment,
+                                precision=config.precision, label_smoothing=config.label_smoothing)
     eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision)
 
     options = ocp.CheckpointManagerOptions(preservation_policy=keep_latest_and_best(config.keep_checkpoints))
@@ -98,7 +108,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
             changed = workdir.changed_settings(config)
             log(f"resuming {workdir.path} after epoch {len(history)}"
                 + (f" with {', '.join(changed)}" if changed else ""))
-        workdir.write_config(config, setup.details(data, mesh.size))
+        workdir.write_config(config, {**setup.details(data, mesh.size),
+                                      **({} if start is None else {"init": start.record})})
         state = jax.device_put(state, replicated(mesh))
         rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), replicated(mesh))
         log(f"{config.model} on {data.describe()}; {mesh.size} {jax.devices()[0].platform} device(s); "
