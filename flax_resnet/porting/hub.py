@@ -140,7 +140,7 @@ def check_transformers_fit(facts: Mapping[str, Any], name: str, kwargs: Mapping[
     spec = MODELS[name]
     want = {"block": spec.block, "layers": spec.layers, "widths": spec.widths, "stem_width": spec.stem_width,
             "in_channels": kwargs["in_channels"]}
-    clashes = [f"{key} {_as_config(key, facts)} but the weights are {_as_config(key, {**facts, key: value})}"
+    clashes = [f"{_as_config(key, facts)} but the weights are {_as_config(key, {**facts, key: value})}"
                for key, value in want.items()
                if (tuple(facts[key]) if isinstance(value, tuple) else facts[key]) != value]
     if facts["num_classes"] and facts["num_classes"] != kwargs["num_classes"]:
