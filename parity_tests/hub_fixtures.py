@@ -73,3 +73,14 @@ def torch_float64(model):
 
 def numpy_state(model) -> dict[str, np.ndarray]:
     return {key: value.detach().numpy().copy() for key, value in model.state_dict().items()}
+
+
+
+def make_trained_run(folder):
+    """mnist_resnet trained for one epoch on the embedded digits (Flax), in `folder`: a run to start
+    from. Returns (folder, its last metrics record)."""
+    from flax_resnet.training import train
+    from flax_resnet.training.config import TrainConfig
+
+    result = train(TrainConfig(model="mnist_resnet", epochs=1, workdir=str(folder), progress=False))
+    return folder, result.history[-1]

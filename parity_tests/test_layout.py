@@ -83,6 +83,7 @@ def test_the_flax_trainer_loads_no_torch():
 def test_the_plain_modules_import_without_jax_or_torch():
     loaded = loaded_after("import flax_resnet, flax_resnet.files, flax_resnet.training.config, "
                           "flax_resnet.training.setup, flax_resnet.training.sampling, "
-                          "flax_resnet.training.initial_weights, flax_resnet.training.workdir, flax_resnet.studies.timing\n"
+                          "flax_resnet.training.initial_weights, flax_resnet.training.workdir, flax_resnet.studies.timing, "
+                          "flax_resnet.training.init_from, flax_resnet.training.evaluate\n"
                           "flax_resnet.list_models()")
     assert not loaded & {"jax", "jaxlib", "flax", "optax", "orbax", "torch"}

@@ -52,7 +52,7 @@ def open_init(config, channels: int):
         changes["model"] = variant.name
         changes["model_options"] = {k: v for k, v in variant.kwargs.items()
                                     if k not in ("num_classes", "in_channels")}
-        notes.append(f"model {variant.name} from the source: {variant.describe(brief=True)}")
+        notes.append(f"model from the source: {variant.describe(brief=True)}")
     preprocessing = source.preprocessing
     if preprocessing is not None:
         if (config.mean is None and preprocessing.mean is not None and preprocessing.std is not None
@@ -63,7 +63,7 @@ def open_init(config, channels: int):
         taken = {k: v for k, v in changes.items() if k in ("mean", "std", "image_size")}
         if taken:
             notes.append(f"preprocessing as the weights expect: "
-                         f"{', '.join(f'{k} {v}' for k, v in taken.items())} (from {preprocessing.origin})")
+                         f"{', '.join(f'{k} {_short(v)}' for k, v in taken.items())} (from {preprocessing.origin})")
     return dataclasses.replace(config, **changes), OpenedSource(source, variant, tuple(notes))
 
 
@@ -112,6 +112,10 @@ def starting_state(opened: OpenedSource, name: str, model_kwargs: Mapping[str, A
     state = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()}
     record = {"path": source.path, "source": source.record(), "classifier": classifier}
     return {k: state[k] for k in shapes}, notes, record
+
+
+def _short(value) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in value) + ")" if isinstance(value, tuple) else str(value)
 
 
 def _outputs(classifier_shapes: Mapping[str, tuple[int, ...]]) -> int:
