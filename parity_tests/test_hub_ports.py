@@ -236,3 +236,17 @@ def test_timm_bottleneck_is_inferred_and_round_trips_bit_exact():
     assert source.spelling == ()
     ours = build_model(source, resolve_variant(source)[0])
     same_bits(to_torch_state_dict(ours), numpy_state(theirs))
+
+
+def test_parts_that_transformers_has_no_place_for_are_refused(tmp_path):
+    """A variant with parts of its own (squeeze-excitation, a deep stem) is never written half-mapped."""
+    with torch.device("meta"):
+        shapes = torch_ref.create_model("resnet18", num_classes=4).state_dict()
+    state = {key: np.zeros(value.shape, np.float32) for key, value in shapes.items()}
+    state["layer1.0.se.fc1.weight"] = np.zeros((4, 64, 1, 1), np.float32)  # as timm's SE nets name it
+    state["conv1.0.weight"] = np.zeros((32, 3, 3, 3), np.float32)  # as timm's deep stems name it
+    config = hub.transformers_config("resnet18", {"num_classes": 4, "in_channels": 3, "stem": "imagenet",
+                                                  "maxpool": True})
+    with pytest.raises(hub.HubConfigError, match=r"no place for 2 of these tensors: .*layer1\.0\.se\.fc1\.weight"):
+        hub.write_transformers_directory(tmp_path / "hf", state, config)
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -209,11 +210,39 @@ def is_transformers_directory(path) -> bool:
         return False
 
 
+# Every parameter and buffer of transformers' ResNetForImageClassification, by kind (ResNetConvLayer
+# and ResNetShortCut hold one bias-free conv and one BatchNorm each).
+_TRANSFORMERS_KEY = re.compile(
+    r"^(resnet\.embedder\.embedder|resnet\.encoder\.stages\.\d+\.layers\.\d+\.(layer\.\d+|shortcut))\."
+    r"(?P<leaf>convolution\.weight|normalization\.(weight|bias|running_mean|running_var|num_batches_tracked))$"
+    r"|^classifier\.1\.(?P<linear>weight|bias)$")
+
+
+def foreign_keys(state_dict: Mapping[str, np.ndarray]) -> list[str]:
+    """Keys (in transformers' spelling) that transformers' ResNet has no place for, or whose rank
+    is wrong there: what a variant with parts of its own (a deep stem, squeeze-excitation) leaves."""
+    foreign = []
+    for key, value in state_dict.items():
+        match = _TRANSFORMERS_KEY.match(key)
+        rank = np.ndim(value)
+        if match is None or (match["leaf"] == "convolution.weight" and rank != 4) or (
+                match["leaf"] and match["leaf"] != "convolution.weight" and not key.endswith("num_batches_tracked")
+                and rank != 1) or (match["linear"] == "weight" and rank != 2):
+            foreign.append(key)
+    return foreign
+
+
 def write_transformers_directory(path, state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> None:
     """Write what `ResNetForImageClassification.from_pretrained(path)` loads: config.json and
     model.safetensors, from twin-keyed arrays (respelled here). The directory appears complete
-    or not at all; an existing one is replaced."""
-    tensors = {key: np.array(value, order="C") for key, value in from_twin(state_dict, ("transformers",)).items()}
+    or not at all; an existing one is replaced. Raises HubConfigError, writing nothing, if some
+    weights have no place in transformers' ResNet."""
+    respelled = from_twin(state_dict, ("transformers",))
+    foreign = foreign_keys(respelled)
+    if foreign:
+        raise HubConfigError(f"transformers' ResNet has no place for {len(foreign)} of these tensors: "
+                             f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}")
+    tensors = {key: np.array(value, order="C") for key, value in respelled.items()}
     with atomic_directory(path) as temporary:
         safetensors.numpy.save_file(tensors, os.path.join(temporary, "model.safetensors"),
                                     metadata={"format": "pt"})

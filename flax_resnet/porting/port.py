@@ -18,7 +18,7 @@ from flax_resnet.porting import checkpoint, hub
 from flax_resnet.porting.hub import HubConfigError
 from flax_resnet.porting.inference import Variant
 from flax_resnet.porting.layouts import describe_spelling, from_twin
-from flax_resnet.porting.sources import SourceError, Source, build_model, read_source, resolve_variant
+from flax_resnet.porting.sources import KINDS, Source, SourceError, build_model, read_source, resolve_variant
 from flax_resnet.porting.state_dict import to_torch_state_dict
 from flax_resnet.porting.torch_files import TORCH_SUFFIXES, WeightFileError, write_torch_file
 from flax_resnet.porting.verify import VerificationError, verify_port
@@ -68,9 +68,9 @@ def port(args) -> int:
         try:
             config = hub.transformers_config(variant.name, variant.kwargs, labels=source.labels,
                                              base=source.hub_config)
+            hub.write_transformers_directory(args.dst, output, config)
         except HubConfigError as error:
             raise PortError(f"{args.dst} not written: {error}") from None
-        hub.write_transformers_directory(args.dst, output, config)
         print(f"wrote {args.dst}: transformers directory of ResNetForImageClassification "
               f"(config.json and model.safetensors, {len(output)} tensors)")
     else:
@@ -91,7 +91,8 @@ def guarded(function, *args, **kwargs):
 def report_source(source: Source, variant: Variant, args) -> None:
     """What was read and what it was taken to be, one fact a line."""
     if source.kind in ("flax", "run"):
-        print(f"read {args.src}: {source.describe()} of {variant.describe()}")
+        origin = f"; ported from the {source.origin}" if source.origin else ""
+        print(f"read {args.src}: {KINDS[source.kind]} of {variant.describe()}{origin}")
         return
     print(f"read {args.src}: {len(source.state_dict)} tensors, {source.describe()}")
     if args.model:

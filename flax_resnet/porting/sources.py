@@ -227,6 +227,10 @@ def resolve_variant(source: Source, *, name: str | None = None, num_classes: int
             raise SourceError(source.path, str(refused)) from None
     except ValueError as error:  # an option the registry refuses, e.g. num_classes=0
         raise SourceError(source.path, str(error)) from None
+    if source.kind in ("timm", "transformers") and hint is None:
+        # The hub's config names the architecture, so nothing about it is assumed (timm's and
+        # transformers' ResNets all have the max-pool).
+        variant = dataclasses.replace(variant, assumed=())
     if source.headless and num_classes is None:
         variant = dataclasses.replace(variant, kwargs={**variant.kwargs, "num_classes": MODELS[variant.name].num_classes})
     if source.facts is not None and hint is None:
