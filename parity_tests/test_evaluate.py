@@ -19,6 +19,9 @@ from parity_tests.hub_fixtures import save_for_hf, save_pretrained, timm_model, 
 from parity_tests.training_fixtures import make_cifar_folder
 
 REPO = Path(__file__).resolve().parent.parent
+# With the suite's loadgroup scheduling, the tests that start from `trained_run` share one worker,
+# so the run is trained once.
+pytestmark = pytest.mark.xdist_group("trained_run")
 
 
 def load_script():

@@ -199,13 +199,10 @@ def resolve_variant(source: Source, *, name: str | None = None, num_classes: int
     if source.kind in ("flax", "run"):
         return _recorded_variant(source, name, num_classes, in_channels, options), None
     wanted = name or source.model
-    try:
-        full_kwargs(wanted, {}) if wanted is not None else None
-    except ValueError as error:
-        if name is None:
-            raise SourceError(source.path, f"timm's architecture {wanted!r} is not a registered variant; "
-                                           f"name the variant to build with --model") from None
-        raise SourceError(source.path, str(error)) from None
+    if wanted is not None and wanted not in MODELS:
+        raise SourceError(source.path, f"unknown model {name!r}; valid models: {', '.join(MODELS)}" if name else
+                          f"timm's architecture {wanted!r} is not a registered variant; name the variant to "
+                          f"build with --model")
     try:
         variant = infer_variant(_shapes(source), name=wanted, num_classes=num_classes,
                                 in_channels=in_channels, **options)
