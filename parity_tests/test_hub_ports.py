@@ -218,6 +218,8 @@ def test_timm_directory_to_flax_and_back(tmp_path, capsys):
     assert (source.kind, source.model, source.spelling) == ("timm", "resnet18", ())
     assert source.preprocessing == hub.Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), cfg["input_size"][-1],
                                                      cfg["crop_pct"], cfg["interpolation"], "timm's pretrained_cfg")
+    alone = read_source(tmp_path / "timm" / "model.safetensors")  # the weight file: its config.json beside it
+    assert (alone.kind, alone.model, alone.preprocessing) == ("timm", "resnet18", source.preprocessing)
     ours = build_model(source, resolve_variant(source)[0])
     ours.eval()
     nchw = images(65, 63)

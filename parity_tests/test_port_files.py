@@ -161,10 +161,14 @@ def test_torchvision_is_named_only_when_it_is_the_same_network(tmp_path, capsys,
 # ---------------------------------------------------------------- one line for every failure
 
 
-def transformers_dir(path: Path, state, **config):
+def transformers_dir(path: Path, state, weights="model.safetensors", **config):
     """A save_pretrained-style directory: the twin's weights in transformers' names, and config.json."""
     path.mkdir()
-    safetensors.torch.save_file(tensors(from_twin(state, ("transformers",))), path / "model.safetensors")
+    respelled = tensors(from_twin(state, ("transformers",)))
+    if weights.endswith(".safetensors"):
+        safetensors.torch.save_file(respelled, path / weights)
+    else:
+        torch.save(respelled, path / weights)
     base = {"architectures": ["ResNetForImageClassification"], "model_type": "resnet", "layer_type": "basic",
             "depths": [2, 2, 2, 2], "hidden_sizes": [64, 128, 256, 512],
             "id2label": {str(i): f"c{i}" for i in range(10)}}
@@ -188,6 +192,8 @@ HUB_FAILURES = {
     "v1_bottleneck_stride": (lambda p, s: transformers_dir(p, s, downsample_in_bottleneck=True), [], "out",
                              ["hf/config.json: downsample_in_bottleneck=true puts the stride on the first 1x1 conv "
                               "(ResNet v1); the registry's bottleneck nets are v1.5"]),
+    "v1_read_through_the_weight_file": (lambda p, s: transformers_dir(p, s, downsample_in_bottleneck=True),
+                                        [], "out", ["config.json: downsample_in_bottleneck=true"]),
     "strided_first_stage": (lambda p, s: transformers_dir(p, s, downsample_in_first_stage=True), [], "out",
                             ["hf/config.json: downsample_in_first_stage=true"]),
     "other_activation": (lambda p, s: transformers_dir(p, s, hidden_act="gelu"), [], "out",
@@ -229,9 +235,20 @@ def test_hub_failures_are_one_line_and_write_nothing(tmp_path, capsys, resnet18_
     make, extra, target, fragments = HUB_FAILURES[case]
     make(tmp_path / "hf", resnet18_classes10)
     before = sorted(os.listdir(tmp_path))
-    status, _, err = run([tmp_path / "hf", tmp_path / target, *extra], capsys)
+    src = tmp_path / "hf" / "model.safetensors" if case == "v1_read_through_the_weight_file" else tmp_path / "hf"
+    status, _, err = run([src, tmp_path / target, *extra], capsys)
     assert_one_line_error(status, err, *fragments)
     assert sorted(os.listdir(tmp_path)) == before  # DST not created, no temporary left
+
+
+def test_a_transformers_pytorch_model_bin_reads_with_its_config(tmp_path, capsys, resnet18_classes10):
+    transformers_dir(tmp_path / "hf", resnet18_classes10, weights="pytorch_model.bin")
+    for src in (tmp_path / "hf", tmp_path / "hf" / "pytorch_model.bin"):
+        status, out, err = run([src, tmp_path / "out.pth", "--force"], capsys)
+        assert (status, err) == (0, ""), err
+        assert "keyed as transformers' ResNetForImageClassification" in out
+        assert "config.json agrees: layer_type basic, depths [2, 2, 2, 2], v1.5 (stride on the 3x3), 10 labels" in out
+        assert_same_weights(tensors_numpy(tmp_path / "out.pth"), resnet18_classes10)
 
 
 def test_a_file_of_any_name_that_holds_no_weights_is_one_line(tmp_path, capsys):

@@ -105,6 +105,10 @@ def read_source(path, *, key: str | None = None) -> Source:
     if not os.path.exists(path):
         raise SourceError(path, "no such file or directory")
     if not os.path.isdir(path):
+        # A hub's weight file read on its own still has its config.json beside it.
+        config = _hub_config_beside(path)
+        if config is not None:
+            return dataclasses.replace(_from_hub(os.path.dirname(path) or ".", path, config, key), path=path)
         return _from_file(path, key)
     if checkpoint.is_checkpoint(path):
         return _from_checkpoint(path)
@@ -120,6 +124,16 @@ def read_source(path, *, key: str | None = None) -> Source:
         raise SourceError(path, f"not a Flax checkpoint (no {checkpoint.METADATA_FILE}), a run folder "
                                 f"or a hub directory (no {' or '.join(HUB_WEIGHT_FILES)})")
     return _from_hub(path, weights, config, key)
+
+
+def _hub_config_beside(path: str) -> dict[str, Any] | None:
+    """The transformers or timm config.json in the file's folder, if there is one (anything else there is not ours)."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    try:
+        config = _read_json(beside) if os.path.isfile(beside) else None
+    except SourceError:
+        return None
+    return config if config is not None and (hub.is_transformers_config(config) or hub.is_timm_config(config)) else None
 
 
 def _from_file(path: str, key: str | None) -> Source:
