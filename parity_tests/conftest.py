@@ -4,9 +4,19 @@ import jax
 import pytest
 import torch
 
+from parity_tests.training_fixtures import mnist_dir  # noqa: F401 - a fixture every test file may use
+
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture
+def float64_enabled():
+    """JAX with 64-bit types for the duration of a test (float32 stays the default dtype of the models)."""
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
 
 
 @pytest.fixture(scope="session")

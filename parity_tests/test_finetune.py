@@ -21,7 +21,7 @@ from flax_resnet.training import train
 from flax_resnet.training.config import ConfigError, TrainConfig, add_train_arguments, config_from_args
 from flax_resnet.training.initial_weights import initial_state_dict
 from parity_tests.hub_fixtures import save_for_hf, timm_model
-from parity_tests.training_fixtures import make_mnist_folder, tiny
+from parity_tests.training_fixtures import tiny
 from parity_tests.twins import randomize_batchnorm, relative_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,14 +29,6 @@ STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 # With the suite's loadgroup scheduling, the tests that start from `trained_run` share one worker,
 # so the run is trained once.
 pytestmark = pytest.mark.xdist_group("trained_run")
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-    """A torchvision MNIST folder with 64 train and 24 test images (random pixels and labels)."""
-    root = tmp_path_factory.mktemp("data")
-    make_mnist_folder(root, train=64, test=24)
-    return root
 
 
 def load_train_script():

@@ -35,13 +35,6 @@ FLOAT64_TOLERANCE = 1e-9
 SIZES = {"resnet18": [(64, 64), (65, 63)], "resnet50": [(65, 63)]}  # even and odd; the mapping is size-blind
 
 
-@pytest.fixture
-def float64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 def load_script(name):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -145,7 +138,7 @@ def test_a_transformers_directory_to_flax_and_back_is_bit_exact(tmp_path, capsys
               numpy_state(theirs))
 
 
-@pytest.mark.usefixtures("float64")
+@pytest.mark.usefixtures("float64_enabled")
 def test_transformers_bottleneck_port_is_exact_in_float64():
     """v1.5 (stride on the 3x3) on both sides: float64 leaves nothing but rounding to differ."""
     name = "resnet50"

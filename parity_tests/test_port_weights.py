@@ -33,12 +33,6 @@ from flax_resnet.porting.torch_files import read_torch_file, write_torch_file
 from flax_resnet.porting.verify import DEFAULT_TOLERANCE, verify_port
 from parity_tests.twins import randomize_batchnorm
 
-# After a failed read of damaged arrays, orbax's pending reads are dropped from tensorstore's own
-# threads, some time later, each printing "Exception ignored in: <coroutine ...>". Expected here.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <coroutine object _read_array_index_and_device_put"
-    ":pytest.PytestUnraisableExceptionWarning")
-
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "port_weights.py"
 
@@ -212,9 +206,10 @@ def test_damaged_checkpoints_raise_one_error_naming_the_directory(tmp_path):
         flax_resnet.load(tmp_path / "ckpt")
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see pytestmark
 @pytest.mark.parametrize("damage", ["truncate", "zero"])
-def test_damaged_arrays_in_a_checkpoint_are_reported(tmp_path, damage):
+def test_damaged_arrays_in_a_checkpoint_are_reported(tmp_path, damage, capfd):
+    """Found by the checksums before orbax reads anything: one error naming the file, and none of
+    the tracebacks a failed orbax read leaves behind ("Event loop is closed")."""
     model = model_skeleton("mnist_resnet")
     load_torch_state_dict(model, torch_state("mnist_resnet"))
     flax_resnet.save(model, tmp_path / "ckpt")
@@ -224,8 +219,10 @@ def test_damaged_arrays_in_a_checkpoint_are_reported(tmp_path, damage):
     for path in data_files:
         size = path.stat().st_size
         path.write_bytes(path.read_bytes()[: size // 2] if damage == "truncate" else bytes(size))
-    with pytest.raises(CheckpointError, match=r"ckpt: damaged checkpoint: cannot read the arrays"):
+    problem = r"has \d+ of its \d+ bytes" if damage == "truncate" else "is garbled"
+    with pytest.raises(CheckpointError, match=r"ckpt: damaged checkpoint: state/\S+ " + problem):
         flax_resnet.load(tmp_path / "ckpt")
+    assert "Event loop is closed" not in capfd.readouterr().err
 
 
 # ---------------------------------------------------------------- command line: round trips

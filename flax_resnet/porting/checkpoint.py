@@ -2,6 +2,9 @@
 
     DIR/model.json   which variant: {"format", "version", "model", "model_kwargs"[, "source"]}
     DIR/state/       parameters and BatchNorm statistics (orbax, the nnx state as a pure dict)
+    DIR/files.json   the size and CRC-32 of every file in state/, checked before orbax reads any:
+                     orbax would load garbled array data silently, and a failed read leaves its
+                     other reads pending on a closed event loop ("Event loop is closed" tracebacks)
 
 `model_kwargs` are `create_model`'s keyword arguments with every default filled in
 (num_classes, in_channels and the variant's options), so loading needs no flags. The optional
@@ -23,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.files import PathError, atomic_directory, summarize
+from flax_resnet.files import PathError, atomic_directory, checksum_problem, folder_checksums, summarize, write_json
 from flax_resnet.models import attach_recipe, create_model, model_recipe
 from flax_resnet.registry import resolve
 
@@ -31,6 +34,7 @@ FORMAT = "flax_resnet.checkpoint"
 VERSION = 1
 METADATA_FILE = "model.json"
 STATE_DIR = "state"
+CHECKSUMS_FILE = "files.json"
 
 
 class CheckpointError(PathError):
@@ -90,6 +94,7 @@ def save(model: nnx.Module, path, *, model_name: str | None = None,
         with open(os.path.join(temporary, METADATA_FILE), "w") as handle:
             json.dump(metadata, handle, indent=2)
             handle.write("\n")
+        write_json(os.path.join(temporary, CHECKSUMS_FILE), folder_checksums(os.path.join(temporary, STATE_DIR)))
 
 
 def read_metadata(path) -> tuple[str, dict[str, Any]]:
@@ -144,6 +149,7 @@ def load(path) -> nnx.Module:
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
                           nnx.to_pure_dict(state))
     state_dir = os.path.abspath(os.path.join(path, STATE_DIR))
+    _check_files(path, state_dir)
     try:
         with _orbax_warnings_silenced(), ocp.StandardCheckpointer() as checkpointer:
             stored = checkpointer.metadata(state_dir).item_metadata
@@ -169,6 +175,19 @@ def load(path) -> nnx.Module:
     model = nnx.merge(graphdef, state)
     attach_recipe(model, name, kwargs)
     return model
+
+
+def _check_files(path: str, state_dir: str) -> None:
+    checksums_path = os.path.join(path, CHECKSUMS_FILE)
+    if not os.path.exists(checksums_path):
+        return  # written before checksums were: orbax alone judges the files
+    try:
+        with open(checksums_path) as handle:
+            problem = checksum_problem(state_dir, json.load(handle))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(path, f"unreadable {CHECKSUMS_FILE} ({error})") from None
+    if problem is not None:
+        raise CheckpointError(path, f"damaged checkpoint: {STATE_DIR}/{problem}")
 
 
 def describe(name: str, kwargs: Mapping[str, Any]) -> str:

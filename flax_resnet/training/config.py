@@ -12,8 +12,8 @@ from typing import Any
 
 from flax_resnet.registry import OPTION_CHOICES, resolve
 
-__all__ = ["EMBEDDED_DATASET", "FRAMEWORKS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES",
-           "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_train_arguments",
+__all__ = ["EMBEDDED_DATASET", "FRAMEWORKS", "LAUNCH_SETTINGS", "OPTIMIZERS", "PRECISIONS", "PRESETS",
+           "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_train_arguments",
            "config_from_args", "resume_differences", "validate"]
 
 FRAMEWORKS = ("flax", "torch")
@@ -60,7 +60,7 @@ class TrainConfig:
     nesterov: bool = False  # sgd with Nesterov momentum
     weight_decay: float = 5e-4  # sgd/adam: L2 added to the gradient as torch does; adamw: decoupled
     schedule: str = "cosine"  # 'constant', 'cosine' (after warmup), 'multistep' or 'onecycle'
-    warmup_epochs: float = 0.0  # linear warmup from 0 (constant and cosine)
+    warmup_epochs: float = 0.0  # linear warmup from 0 (constant, cosine, multistep); onecycle has its own
     milestones: tuple[float, ...] | None = None  # multistep: epochs where lr *= gamma; None: 50% and 75%
     gamma: float = 0.1  # multistep decay factor
     label_smoothing: float = 0.0  # as torch's CrossEntropyLoss(label_smoothing=...)
@@ -72,8 +72,14 @@ class TrainConfig:
     workdir: str | None = None  # None: runs/<framework>-<model>-<dataset>-<time>; an existing run resumes
     eval_batch_size: int = 500  # images per evaluation step
     keep_checkpoints: int = 3  # latest checkpoints kept, besides the best one
+    checkpoint_every: int = 0  # also checkpoint every this many train steps (0: at epoch ends only)
     progress: bool = True  # a tqdm bar per epoch
-    distributed: bool = False  # call jax.distributed.initialize() first (multi-host)
+
+    # --- several processes (one per host, or per GPU); the Flax trainer only
+    distributed: bool = False  # jax.distributed.initialize() with the cluster's own settings (SLURM, ...)
+    coordinator_address: str | None = None  # HOST:PORT of process 0, with num_processes and process_id
+    num_processes: int | None = None  # processes in the run
+    process_id: int | None = None  # this process's index, 0 .. num_processes - 1
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-ready values (tuples become lists)."""
@@ -115,7 +121,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Settings that may differ between a run and its resumption (the rest must match).
 RESUMABLE_CHANGES = ("epochs", "workdir", "progress", "distributed", "eval_batch_size", "keep_checkpoints",
                      "lr", "schedule", "warmup_epochs", "milestones", "gamma", "weight_decay",
-                     "label_smoothing", "data_dir", "nesterov")
+                     "label_smoothing", "data_dir", "nesterov", "checkpoint_every", "coordinator_address",
+                     "num_processes", "process_id")
+# Settings that say how a run is started, not what it computes: no notice when they change.
+LAUNCH_SETTINGS = ("workdir", "progress", "distributed", "coordinator_address", "num_processes", "process_id")
 
 
 def _choices(values) -> str:
@@ -155,6 +164,8 @@ def validate(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "keep_checkpoints"):
         value = getattr(config, name)
         _require(_is_int(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+    _require(_is_int(config.checkpoint_every) and config.checkpoint_every >= 0,
+             f"checkpoint_every must be a number of steps >= 0, got {config.checkpoint_every!r}")
     _require(_is_int(config.seed) and config.seed >= 0, f"seed must be a non-negative integer, got {config.seed!r}")
     _require(config.optimizer in OPTIMIZERS,
              f"unknown optimizer {config.optimizer!r}; choose from {_choices(OPTIMIZERS)}")
@@ -175,6 +186,13 @@ def validate(config: TrainConfig) -> None:
         ms = config.milestones
         _require(all(_is_number(m) and 0 < m < config.epochs for m in ms) and list(ms) == sorted(ms),
                  f"milestones must be increasing epochs in (0, {config.epochs}), got {list(ms)}")
+    _require(not (config.schedule == "onecycle" and config.warmup_epochs),
+             "onecycle warms up by itself (its first 30% rises from lr / 25 to lr); leave warmup_epochs at 0")
+    if config.schedule == "multistep" and config.warmup_epochs:
+        ms = config.milestones or (0.5 * config.epochs, 0.75 * config.epochs)
+        _require(min(ms) > config.warmup_epochs,
+                 f"multistep milestones must come after the warmup's {config.warmup_epochs} epochs, got "
+                 f"{[round(m, 3) for m in ms]}" + ("" if config.milestones else " (50% and 75% of the epochs)"))
     _require(_is_number(config.gamma) and 0 < config.gamma <= 1, f"gamma must be in (0, 1], got {config.gamma!r}")
     _require(_is_number(config.label_smoothing) and 0 <= config.label_smoothing < 1,
              f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
@@ -188,6 +206,29 @@ def validate(config: TrainConfig) -> None:
                  f"{name} must be one number per channel, got {value!r}")
     _require(config.std is None or all(v > 0 for v in config.std), f"std must be positive, got {config.std!r}")
     _require((config.mean is None) == (config.std is None), "give mean and std together, or neither")
+    _validate_processes(config)
+
+
+def _validate_processes(config: TrainConfig) -> None:
+    explicit = (config.coordinator_address, config.num_processes, config.process_id)
+    if all(value is None for value in explicit):
+        _require(not (config.distributed and config.framework == "torch"),
+                 "the torch trainer runs in one process; distributed needs framework flax")
+        _require(not config.distributed or config.workdir is not None,
+                 "give workdir with several processes: they must all write to the same folder")
+        return
+    _require(config.workdir is not None, "give workdir with several processes: they must all write to the same folder")
+    _require(all(value is not None for value in explicit),
+             "give coordinator_address, num_processes and process_id together (or distributed alone, "
+             "where the cluster says them)")
+    _require(config.framework == "flax", "the torch trainer runs in one process; several need framework flax")
+    host, _, port = str(config.coordinator_address).rpartition(":")
+    _require(bool(host) and port.isdigit() and 0 < int(port) < 65536,
+             f"coordinator_address must be HOST:PORT, got {config.coordinator_address!r}")
+    _require(_is_int(config.num_processes) and config.num_processes >= 1,
+             f"num_processes must be a positive integer, got {config.num_processes!r}")
+    _require(_is_int(config.process_id) and 0 <= config.process_id < config.num_processes,
+             f"process_id must be in [0, {config.num_processes}), got {config.process_id!r}")
 
 
 def resume_differences(stored: dict[str, Any], config: TrainConfig) -> list[str]:
@@ -278,8 +319,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add(optim, "momentum", "sgd momentum", type=float)
     add(optim, "nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction)
     add(optim, "weight_decay", "weight decay (torch semantics)", type=float)
-    add(optim, "schedule", "", choices=SCHEDULES)
-    add(optim, "warmup_epochs", "linear warmup epochs", type=float)
+    add(optim, "schedule", "onecycle is torch's OneCycleLR and cycles momentum (sgd) or beta1 (adam, adamw) "
+                           "between 0.95 and 0.85 as it does, in place of --momentum", choices=SCHEDULES)
+    add(optim, "warmup_epochs", "linear warmup epochs from 0 (constant, cosine, multistep)", type=float)
     add(optim, "milestones", "multistep: epochs where lr *= gamma (default: 50%% and 75%% of epochs)",
         type=float, nargs="+")
     add(optim, "gamma", "multistep decay factor", type=float)
@@ -293,9 +335,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "run there resumes", metavar="DIR")
     add(out, "eval_batch_size", "images per evaluation step", type=int)
     add(out, "keep_checkpoints", "latest checkpoints to keep besides the best", type=int)
+    add(out, "checkpoint_every", "also checkpoint every STEPS train steps, so a killed run loses at most "
+                                 "that many (0: at epoch ends only)", type=int, metavar="STEPS")
     add(out, "progress", "progress bars", action=argparse.BooleanOptionalAction)
-    add(out, "distributed", "multi-host: call jax.distributed.initialize() first",
-        action=argparse.BooleanOptionalAction)
+
+    processes = parser.add_argument_group("several processes (Flax; see scripts/launch.py to start them locally)")
+    add(processes, "distributed", "call jax.distributed.initialize() with what the cluster (SLURM, Open MPI, "
+                                  "Kubernetes, Cloud TPU) says", action=argparse.BooleanOptionalAction)
+    add(processes, "coordinator_address", "HOST:PORT where process 0 coordinates the run", metavar="HOST:PORT")
+    add(processes, "num_processes", "processes in the run", type=int, metavar="N")
+    add(processes, "process_id", "this process's index, 0 .. N-1", type=int, metavar="I")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -7,30 +7,41 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from flax_resnet.porting.checkpoint import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
+from flax_resnet.training import processes
+from flax_resnet.training.checkpoints import RunCheckpoints
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
 from flax_resnet.training.data import Dataset, load_dataset
+from flax_resnet.training.event_files import EventWriter
 from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
-from flax_resnet.training.optim import learning_rate, make_optimizer
+from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
+from flax_resnet.training.optim import make_optimizer
+from flax_resnet.training.progress import Progress, StepEvents, UnreadableCheckpoints
 from flax_resnet.training.sampling import epoch_order, eval_batches
+from flax_resnet.training.schedule import learning_rate_at_step
 from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
 from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model,
                                        put_batch, replicated, split_model)
 from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finite, epoch_record, live_metrics,
                                           progress_bar, summary_line)
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "UnreadableCheckpoints", "train"]
+
+# With several processes, how often (in train steps) they agree on whether a signal asked them to
+# stop: a collective, so not after every step.
+STOP_CHECK_STEPS = 10
 
 
 def build_model(config: TrainConfig, setup: RunSetup, data: Dataset, initial=None) -> nnx.Module:
@@ -64,29 +75,31 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     """Train as `config` says; resume if its workdir holds a run. `on_epoch_end(record)` is called
     after each epoch's checkpoint and logs (raise KeyboardInterrupt there to stop the run).
 
-    Raises ConfigError (bad settings), DataError (unreadable data), TrainingDiverged (NaN/inf loss).
+    SIGTERM and SIGINT stop the run after the current step, with a checkpoint: TrainingInterrupted.
+    Raises ConfigError (bad settings), DataError (unreadable data), TrainingDiverged (NaN/inf loss),
+    UnreadableCheckpoints (checkpoints there, none readable).
     """
     validate(config)
     if config.framework != "flax":
         raise ConfigError(f"this is the Flax trainer; framework {config.framework!r} runs with "
                           f"flax_resnet.training.train")
-    if config.distributed:
-        jax.distributed.initialize()
+    processes.initialize(config)
     mesh = data_mesh()
 
     # --- data
     data = load_dataset(config.dataset, config.data_dir)
     config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
     setup = prepare_run(config, data, mesh.size)
-    workdir = Workdir.open(config, writer=jax.process_index() == 0)  # refuses to resume other settings
-    config = dataclasses.replace(config, workdir=str(workdir.path))
-    log = print if workdir.writer else (lambda *args: None)
+    workdir = Workdir.open(config, writer=processes.is_main())  # refuses to resume other settings
+    # Only process 0 prints and draws progress bars.
+    config = dataclasses.replace(config, workdir=str(workdir.path), progress=config.progress and workdir.writer)
+    log = print if workdir.writer else (lambda *args, **kwargs: None)
 
     # --- model
-    start = None if opened is None else starting_state(
+    init = None if opened is None else starting_state(
         opened, config, setup.model_kwargs, torch_shapes(model_skeleton(config.model, **setup.model_kwargs)))
-    model = build_model(config, setup, data, None if start is None else start.state_dict)
-    for note in () if start is None else start.notes:
+    model = build_model(config, setup, data, None if init is None else init.state_dict)
+    for note in () if init is None else init.notes:
         log(note)
     workdir.create()
 
@@ -98,51 +111,74 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     train_step = jit_train_step(eval_graphdef if frozen_bn else graphdef, tx, mesh, augment=setup.augment,
                                 precision=config.precision, label_smoothing=config.label_smoothing)
     eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision)
+    state = jax.device_put(jax.device_get(state), replicated(mesh))  # the same on every process
 
-    options = ocp.CheckpointManagerOptions(preservation_policy=keep_latest_and_best(config.keep_checkpoints))
-    with ocp.CheckpointManager(workdir.checkpoints_path.absolute(), options=options) as checkpoints:
+    steps_per_epoch = setup.plan.steps_per_epoch
+    with (RunCheckpoints(workdir, config.keep_checkpoints, steps_per_epoch=steps_per_epoch,
+                         warn=lambda message: log(f"warning: {message}", file=sys.stderr)) as checkpoints,
+          StopRequests(agree=processes.agree_on_signal if jax.process_count() > 1 else None,
+                       every=STOP_CHECK_STEPS) as stop,
+          EventWriter(workdir.path, learning_rate=lambda steps: schedule.learning_rate(steps // config.grad_accum),
+                      enabled=workdir.writer) as curves):
         # --- restore
-        history: list[dict] = []
-        if checkpoints.latest_step() is not None:
-            state, history = restore(checkpoints, state)
+        state, progress = checkpoints.restore(state)
+        history = progress.history
+        title = f"{config.model} on {data.name} ({config.framework})"
+        if progress.step:
             changed = workdir.changed_settings(config)
-            log(f"resuming {workdir.path} after epoch {len(history)}"
+            log(f"resuming {workdir.path} {progress.describe(steps_per_epoch)} (train step {progress.step})"
                 + (f" with {', '.join(changed)}" if changed else ""))
+            workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
         workdir.write_config(config, {**setup.details(data, mesh.size),
-                                      **({} if start is None else {"init": start.record})})
-        state = jax.device_put(state, replicated(mesh))
-        rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), replicated(mesh))
-        log(f"{config.model} on {data.describe()}; {mesh.size} {jax.devices()[0].platform} device(s); "
-            f"{setup.plan.steps_per_epoch} steps per epoch; writing to {workdir.path}")
+                                      **({} if init is None else {"init": init.record})})
+        curves.open(progress.step)
+        rng = jax.jit(lambda: jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM),
+                      out_shardings=replicated(mesh))()  # made on every device, as every process can
+        log(f"{config.model} on {data.describe()}; {mesh.size} {jax.devices()[0].platform} device(s)"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + f"; {steps_per_epoch} steps per epoch; writing to {workdir.path}")
         if len(history) < config.epochs:
             started = time.perf_counter()
             train_step, eval_step = compile_ahead(train_step, eval_step, state, rng, data, config, setup, mesh)
             log(f"compiled the train and eval steps in {time.perf_counter() - started:.1f} s")
         else:
             log(f"all {config.epochs} epochs are done; a larger --epochs continues the run")
+        events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
+                            curves=curves, workdir=workdir.path, main=workdir.writer)
+        events.before_first_step(progress)
 
         # --- loop
-        title = f"{config.model} on {data.name} ({config.framework})"
-        for epoch in range(len(history) + 1, config.epochs + 1):
+        for epoch in range(progress.epoch, config.epochs + 1):
             start = time.perf_counter()
+            resumed = progress if epoch == progress.epoch and progress.steps_done else None
+            events.begin_epoch(epoch, history, resumed)
+
+            def on_step(state, steps_done, totals, metrics):
+                events.after_step(steps_done, totals, metrics, save=functools.partial(checkpoints.save, state))
+
             state, train_totals, train_seconds = train_epoch(
-                train_step, state, rng, data, config, epoch, mesh, last_good=len(history), run_dir=workdir.path)
+                train_step, state, rng, data, config, epoch, mesh, last_good=checkpoints.latest, run_dir=workdir.path,
+                start=resumed.steps_done if resumed else 0,
+                totals=jax.device_put(_device_totals(resumed.totals), replicated(mesh)) if resumed else None,
+                on_step=on_step)
+            train_seconds += resumed.train_seconds if resumed else 0.0
             test_totals = evaluate(eval_step, state, data.test_images, data.test_labels,
                                    setup.eval_batch_size, mesh)
             step = int(state.step)
-            lr = learning_rate(schedule, step - 1, config.grad_accum)
+            lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
             record = epoch_record(epoch, step, train_totals, test_totals, lr, train_seconds,
                                   time.perf_counter() - start)
             history.append(record)
 
             # --- log and checkpoint
-            checkpoints.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            history=ocp.args.JsonSave(history)),
-                             metrics={"test_accuracy": record["test_accuracy"]})
+            checkpoints.save(state, Progress.after_epoch(history, step), test_accuracy=record["test_accuracy"])
             workdir.write_history(history, title)
+            curves.epoch(record)
             log(summary_line(record, config.epochs))
             if on_epoch_end is not None:
                 on_epoch_end(record)
+            if epoch < config.epochs:
+                events.end_epoch(step)
 
     # --- export
     model = merge_model(eval_graphdef, jax.tree.map(lambda a: jnp.asarray(a.addressable_data(0)), state))
@@ -152,6 +188,11 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         log(f"done: test accuracy {100 * history[-1]['test_accuracy']:.2f}% (best {100 * best['test_accuracy']:.2f}% "
             f"at epoch {best['epoch']}); weights in {workdir.weights_path}")
     return TrainResult(history, model, workdir.path)
+
+
+def _device_totals(totals: dict[str, float]) -> dict[str, np.ndarray]:
+    # float32, as the step's metric sums: the resumed epoch adds up exactly as the uninterrupted one
+    return {key: np.float32(value) for key, value in totals.items()}
 
 
 def compile_ahead(train_step, eval_step, state, rng, data: Dataset, config: TrainConfig, setup: RunSetup,
@@ -169,12 +210,17 @@ def compile_ahead(train_step, eval_step, state, rng, data: Dataset, config: Trai
 
 
 def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoch: int, mesh, *,
-                last_good: int, run_dir):
-    """One pass over the shuffled training set. Returns (state, metric sums, seconds)."""
+                last_good: str | None, run_dir, start: int = 0, totals=None, on_step=None):
+    """One pass over the shuffled training set, from batch `start` on (`totals`: the sums of the
+    batches before it). `on_step(state, steps_done, totals, metrics)` runs after every step.
+    Returns (state, metric sums, seconds)."""
     batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
-    totals, start, last_refresh = None, time.perf_counter(), 0.0
+    start_time, last_refresh = time.perf_counter(), 0.0
+    sums = _host(totals) if totals is not None else None
     with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
-        for index, indices in enumerate(batches, 1):
+        bar.update(start)
+        for index, indices in enumerate(batches[start:], start + 1):
+            indices = processes.local_rows(indices)  # this process's part of the global batch
             batch = put_batch({"image": data.train_images[indices], "label": data.train_labels[indices]}, mesh)
             state, metrics = train_step(state, batch, rng)
             totals = _add(totals, metrics)
@@ -182,31 +228,17 @@ def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoc
             if now - last_refresh >= REFRESH_SECONDS or index == len(batches):
                 last_refresh, sums = now, _host(totals)  # waits for the device: a sync point
                 check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
-                bar.set_postfix(live_metrics(sums, now - start), refresh=False)
+                bar.set_postfix(live_metrics(sums, now - start_time), refresh=False)
             bar.update()
-    return state, sums, time.perf_counter() - start
+            if on_step is not None:
+                on_step(state, index, totals, metrics)
+    return state, sums, time.perf_counter() - start_time
 
 
 def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray, batch_size: int, mesh) -> dict:
     """Loss and accuracy sums over a whole set, BatchNorm using its running averages."""
     totals = None
     for batch in eval_batches(images, labels, batch_size):
-        totals = _add(totals, eval_step(state, put_batch(batch, mesh)))
+        local = {key: processes.local_rows(value) for key, value in batch.items()}
+        totals = _add(totals, eval_step(state, put_batch(local, mesh)))
     return _host(totals)
-
-
-def keep_latest_and_best(latest: int):
-    """Orbax policy: keep the `latest` most recent checkpoints and the one with the best test accuracy."""
-    policies = ocp.checkpoint_managers.preservation_policy
-    return policies.AnyPreservationPolicy([
-        policies.LatestN(latest),
-        policies.BestN(get_metric_fn=lambda metrics: metrics["test_accuracy"], n=1),
-    ])
-
-
-def restore(checkpoints: ocp.CheckpointManager, state):
-    """(state, history) from the latest checkpoint, shaped like the freshly built `state`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
-    return restored.state, list(restored.history)

@@ -154,18 +154,14 @@ def jit_eval_step(graphdef, mesh: Mesh, *, augment: AugmentSpec, precision: str 
                    compiler_options=xla_cpu.compiler_options(cpu_tuned))
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh):
-    """Place a global host batch on the mesh, split along the batch axis.
+def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh):
+    """The global batch on the mesh, split along the batch axis, from this process's part of it.
 
-    With several processes each one contributes its own slice of the (identical) global batch.
+    With one process that part is the whole batch. With several, process i holds the i-th
+    contiguous slice of every global batch (`processes.local_rows`), and the global array is
+    assembled from the pieces without any process holding the others'.
     """
     sharding = batch_sharded(mesh)
     if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    count, index = jax.process_count(), jax.process_index()
-
-    def local(array):
-        size = array.shape[0] // count
-        return jax.make_array_from_process_local_data(sharding, array[index * size:(index + 1) * size])
-
-    return {key: local(value) for key, value in batch.items()}
+        return jax.device_put(local_batch, sharding)
+    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in local_batch.items()}

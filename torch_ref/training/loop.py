@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
+import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +21,19 @@ import numpy as np
 import torch
 
 import torch_ref
-from flax_resnet.files import atomic_file
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
 from flax_resnet.training.data import Dataset, load_dataset
 from flax_resnet.training.device_transforms import eval_transform, train_transform
+from flax_resnet.training.event_files import EventWriter
 from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
+from flax_resnet.training.interrupts import StopRequests
+from flax_resnet.training.progress import Progress, StepEvents
 from flax_resnet.training.sampling import epoch_order, eval_batches
+from flax_resnet.training.schedule import learning_rate_at_step
 from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
 from flax_resnet.training.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
+from torch_ref.training.checkpoints import RunCheckpoints
 from torch_ref.training.optim import make_optimizer
 from torch_ref.training.step import eval_step, train_step
 
@@ -52,45 +55,66 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     config = dataclasses.replace(config, workdir=str(workdir.path))
 
     # --- model
-    start = None if opened is None else starting_state(opened, config, setup.model_kwargs, state_shapes(config, setup))
-    model = build_model(config, setup, None if start is None else start.state_dict)
-    for note in () if start is None else start.notes:
+    init = None if opened is None else starting_state(opened, config, setup.model_kwargs, state_shapes(config, setup))
+    model = build_model(config, setup, None if init is None else init.state_dict)
+    for note in () if init is None else init.notes:
         print(note)
     workdir.create()
 
     # --- optimizer
     optimizer, schedule = make_optimizer(model, config, setup.plan)
-    checkpoints = TorchCheckpoints(workdir.checkpoints_path, config.keep_checkpoints)
 
-    # --- restore
-    history, step = checkpoints.restore_latest(model, optimizer)
-    if history:
-        changed = workdir.changed_settings(config)
-        print(f"resuming {workdir.path} after epoch {len(history)}"
-              + (f" with {', '.join(changed)}" if changed else ""))
-    workdir.write_config(config, {**setup.details(data, 1), **({} if start is None else {"init": start.record})})
-    rng = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
-    augment_steps, prepare_eval = jitted_transforms(setup.augment, schedule, config.grad_accum)
-    print(f"{config.model} on {data.describe()}; torch {torch.__version__} on cpu; "
-          f"{setup.plan.steps_per_epoch} steps per epoch; writing to {workdir.path}")
+    steps_per_epoch = setup.plan.steps_per_epoch
+    with (RunCheckpoints(workdir, config.keep_checkpoints, steps_per_epoch=steps_per_epoch,
+                         warn=lambda message: print(f"warning: {message}", file=sys.stderr)) as checkpoints,
+          StopRequests() as stop,
+          EventWriter(workdir.path, learning_rate=lambda steps: schedule.learning_rate(steps // config.grad_accum))
+          as curves):
+        # --- restore
+        progress = checkpoints.restore(model, optimizer)
+        history, step = progress.history, progress.step
+        title = f"{config.model} on {data.name} ({config.framework})"
+        if progress.step:
+            changed = workdir.changed_settings(config)
+            print(f"resuming {workdir.path} {progress.describe(steps_per_epoch)} (train step {progress.step})"
+                  + (f" with {', '.join(changed)}" if changed else ""))
+            workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
+        workdir.write_config(config, {**setup.details(data, 1), **({} if init is None else {"init": init.record})})
+        curves.open(progress.step)
+        rng = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
+        augment_steps, prepare_eval = jitted_transforms(setup.augment)
+        print(f"{config.model} on {data.describe()}; torch {torch.__version__} on cpu; "
+              f"{steps_per_epoch} steps per epoch; writing to {workdir.path}")
+        events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
+                            curves=curves, workdir=workdir.path)
+        save = functools.partial(checkpoints.save, model, optimizer)
+        events.before_first_step(progress)
 
-    # --- loop
-    title = f"{config.model} on {data.name} ({config.framework})"
-    for epoch in range(len(history) + 1, config.epochs + 1):
-        start = time.perf_counter()
-        step, totals, train_seconds = train_epoch(model, optimizer, augment_steps, rng, data, config, epoch, step,
-                                                  last_good=len(history), run_dir=workdir.path)
-        test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
-        lr = float(schedule((step - 1) // config.grad_accum))
-        record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
-        history.append(record)
+        # --- loop
+        for epoch in range(progress.epoch, config.epochs + 1):
+            start = time.perf_counter()
+            resumed = progress if epoch == progress.epoch and progress.steps_done else None
+            events.begin_epoch(epoch, history, resumed)
+            step, totals, train_seconds = train_epoch(
+                model, optimizer, schedule, augment_steps, rng, data, config, epoch, step,
+                last_good=checkpoints.latest, run_dir=workdir.path, start=resumed.steps_done if resumed else 0,
+                totals=dict(resumed.totals) if resumed else None,
+                on_step=lambda steps_done, totals, metrics: events.after_step(steps_done, totals, metrics, save=save))
+            train_seconds += resumed.train_seconds if resumed else 0.0
+            test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
+            lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
+            record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
+            history.append(record)
 
-        # --- log and checkpoint
-        checkpoints.save(epoch, model, optimizer, step, history)
-        workdir.write_history(history, title)
-        print(summary_line(record, config.epochs))
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+            # --- log and checkpoint
+            save(Progress.after_epoch(history, step), test_accuracy=record["test_accuracy"])
+            workdir.write_history(history, title)
+            curves.epoch(record)
+            print(summary_line(record, config.epochs))
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if epoch < config.epochs:
+                events.end_epoch(step)
 
     # --- export
     model.eval()
@@ -117,16 +141,22 @@ def state_shapes(config: TrainConfig, setup: RunSetup) -> dict[str, tuple[int, .
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
-def train_epoch(model, optimizer, augment_steps, rng, data: Dataset, config: TrainConfig, epoch: int, step: int,
-                *, last_good: int, run_dir):
-    """One pass over the shuffled training set. Returns (step, metric sums, seconds)."""
+def train_epoch(model, optimizer, schedule, augment_steps, rng, data: Dataset, config: TrainConfig, epoch: int,
+                step: int, *, last_good: str | None, run_dir, start: int = 0, totals=None, on_step=None):
+    """One pass over the shuffled training set, from batch `start` on (`totals`: the sums of the
+    batches before it). `on_step(steps_done, totals, metrics)` runs after every step.
+    Returns (step, metric sums, seconds)."""
     batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
-    totals, start, last_refresh = {"loss": 0.0, "correct": 0.0, "count": 0.0}, time.perf_counter(), 0.0
+    totals = dict(totals) if totals is not None else {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    start_time, last_refresh = time.perf_counter(), 0.0
     with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
-        for index, (images, labels, lr) in enumerate(prepare_batches(augment_steps, rng, data, batches, step), 1):
-            metrics = train_step(model, optimizer, images, labels, lr=lr,
-                                 update=(step + 1) % config.grad_accum == 0, grad_accum=config.grad_accum,
-                                 precision=config.precision, label_smoothing=config.label_smoothing,
+        bar.update(start)
+        for index, (images, labels) in enumerate(prepare_batches(augment_steps, rng, data, batches[start:], step),
+                                                 start + 1):
+            update = step // config.grad_accum if (step + 1) % config.grad_accum == 0 else None
+            metrics = train_step(model, optimizer, images, labels, schedule=schedule, update=update,
+                                 grad_accum=config.grad_accum, precision=config.precision,
+                                 label_smoothing=config.label_smoothing,
                                  freeze_bn=config.freeze_bn or config.freeze_backbone)
             step += 1
             totals = {key: totals[key] + metrics[key] for key in totals}
@@ -134,41 +164,41 @@ def train_epoch(model, optimizer, augment_steps, rng, data: Dataset, config: Tra
             now = time.perf_counter()
             if now - last_refresh >= REFRESH_SECONDS:
                 last_refresh = now
-                bar.set_postfix(live_metrics(totals, now - start), refresh=False)
+                bar.set_postfix(live_metrics(totals, now - start_time), refresh=False)
             bar.update()
-    return step, totals, time.perf_counter() - start
+            if on_step is not None:
+                on_step(index, totals, metrics)
+    return step, totals, time.perf_counter() - start_time
 
 
-# JAX prepares the pixels (the Flax step's own augmentation) and the learning rates for many
-# steps in one call: interleaving a small JAX call with every torch step makes the two libraries'
-# thread pools fight over the cores, several times slower on a small CPU.
+# JAX prepares the pixels (the Flax step's own augmentation) for many steps in one call:
+# interleaving a small JAX call with every torch step makes the two libraries' thread pools fight
+# over the cores, several times slower on a small CPU.
 CHUNK_STEPS = 32
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_transforms(spec, schedule, grad_accum: int):
+def jitted_transforms(spec):
     """(augment_steps, prepare_eval), jitted once per setting.
 
-    augment_steps(rng, first_step, images[k, batch, ...]) -> (augmented images, lrs) of k steps,
-    the same pixels and learning rates the Flax step uses at those steps.
+    augment_steps(rng, first_step, images[k, batch, ...]) -> the augmented images of k steps, the
+    same pixels the Flax step uses at those steps.
     """
     def augment_steps(rng, first_step, images):
         steps = first_step + jnp.arange(images.shape[0])
         keys = jax.vmap(lambda step: jax.random.fold_in(rng, step))(steps)
-        pixels = jax.vmap(lambda key, batch: train_transform(key, batch, spec))(keys, images)
-        return pixels, jax.vmap(schedule)(steps // grad_accum)
+        return jax.vmap(lambda key, batch: train_transform(key, batch, spec))(keys, images)
 
     return jax.jit(augment_steps), jax.jit(functools.partial(eval_transform, spec=spec))
 
 
 def prepare_batches(augment_steps, rng, data: Dataset, batches: np.ndarray, first_step: int):
-    """Yield (NCHW images, int64 labels, lr) for each batch of the epoch, CHUNK_STEPS at a time."""
+    """Yield (NCHW images, int64 labels) for each batch of the epoch, CHUNK_STEPS at a time."""
     for start in range(0, len(batches), CHUNK_STEPS):
         chunk = batches[start:start + CHUNK_STEPS]
-        pixels, lrs = augment_steps(rng, first_step + start, data.train_images[chunk])
-        pixels, lrs = np.asarray(pixels), np.asarray(lrs)
-        for images, indices, lr in zip(pixels, chunk, lrs):
-            yield _nchw(images), torch.from_numpy(data.train_labels[indices].astype(np.int64)), float(lr)
+        pixels = np.asarray(augment_steps(rng, first_step + start, data.train_images[chunk]))
+        for images, indices in zip(pixels, chunk):
+            yield _nchw(images), torch.from_numpy(data.train_labels[indices].astype(np.int64))
 
 
 def _nchw(images) -> torch.Tensor:
@@ -184,41 +214,3 @@ def evaluate(model, prepare_eval, data: Dataset, batch_size: int, precision: str
                             precision=precision)
         totals = {key: totals[key] + metrics[key] for key in totals}
     return totals
-
-
-class TorchCheckpoints:
-    """checkpoints/epoch_NNNN.pt: model, optimizer, step and history. Keeps the latest few and
-    the best by test accuracy. Written atomically, read with weights_only=True."""
-
-    PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
-
-    def __init__(self, folder: Path, keep: int):
-        self.folder, self.keep = Path(folder), keep
-
-    def epochs(self) -> list[int]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := self.PATTERN.match(p.name)))
-
-    def path(self, epoch: int) -> Path:
-        return self.folder / f"epoch_{epoch:04d}.pt"
-
-    def save(self, epoch: int, model, optimizer, step: int, history: list[dict]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.path(epoch)) as temporary:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "history": history}, temporary)
-        best = max(history, key=lambda r: r["test_accuracy"])["epoch"]
-        for old in self.epochs()[: -self.keep]:
-            if old != best:
-                self.path(old).unlink()
-
-    def restore_latest(self, model, optimizer) -> tuple[list[dict], int]:
-        """(history, step) of the latest checkpoint, loaded into model and optimizer; ([], 0) if none."""
-        epochs = self.epochs()
-        if not epochs:
-            return [], 0
-        saved = torch.load(self.path(epochs[-1]), map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"], strict=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        return list(saved["history"]), int(saved["step"])

@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torch_ref.training.optim import set_learning_rate
+from torch_ref.training.optim import set_hyperparameters
 
 
-def train_step(model, optimizer, images, labels, *, lr: float, update: bool, grad_accum: int = 1,
+def train_step(model, optimizer, images, labels, *, schedule, update: int | None, grad_accum: int = 1,
                precision: str = "fp32", label_smoothing: float = 0.0, freeze_bn: bool = False) -> dict[str, float]:
-    """Forward and backward of one batch; an optimizer update (at `lr`) when `update` is True.
+    """Forward and backward of one batch, then optimizer update number `update` with its lr and
+    momentum from `schedule` (None: accumulate the gradient only).
 
     With grad_accum k each batch contributes 1/k of its mean-loss gradient, so an update applies
     the mean gradient of k batches (as optax.MultiSteps). BatchNorm statistics move every batch,
@@ -31,8 +32,8 @@ def train_step(model, optimizer, images, labels, *, lr: float, update: bool, gra
     logits = logits.float()
     losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
     (losses.mean() / grad_accum).backward()
-    if update:
-        set_learning_rate(optimizer, lr)
+    if update is not None:
+        set_hyperparameters(optimizer, schedule, update)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return {"loss": float(losses.detach().sum()), "correct": float((logits.argmax(-1) == labels).sum()),
