@@ -17,3 +17,11 @@ def float64_enabled():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(run folder, last metrics): mnist_resnet after one epoch on the embedded digits, made once."""
+    from parity_tests.hub_fixtures import make_trained_run
+
+    return make_trained_run(tmp_path_factory.mktemp("source") / "run")

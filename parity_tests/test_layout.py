@@ -88,6 +88,6 @@ def test_the_plain_modules_import_without_jax_or_torch():
                           "flax_resnet.training.initial_weights, flax_resnet.training.workdir, flax_resnet.studies.timing, "
                           "flax_resnet.training.schedule, flax_resnet.training.progress, "
                           "flax_resnet.training.interrupts, flax_resnet.training.event_files, "
-                          "flax_resnet.training.launcher\n"
+                          "flax_resnet.training.launcher, flax_resnet.training.init_from, flax_resnet.training.evaluate\n"
                           "flax_resnet.list_models()")
     assert not loaded & {"jax", "jaxlib", "flax", "optax", "orbax", "torch"}

@@ -33,7 +33,7 @@ class TrainConfig:
 
     # --- what to train
     framework: str = "flax"  # 'flax' (JAX) or 'torch' (torch_ref, same data, optimizer and initial weights)
-    model: str = "mnist_resnet"  # any name in flax_resnet.list_models()
+    model: str | None = "mnist_resnet"  # any name in flax_resnet.list_models(); None: init_from's variant
     model_options: dict = dataclasses.field(default_factory=dict)  # create_model options (stem, maxpool, ...)
 
     # --- data
@@ -44,6 +44,12 @@ class TrainConfig:
     std: tuple[float, ...] | None = None  # as `mean`
     crop_padding: int | None = None  # zero-pad, then random-crop back; 0: off; None: size // 8 colour, // 14 gray
     flip: bool | None = None  # random horizontal flip; None: on for colour images, off for digits and clothing
+
+    # --- fine-tuning
+    init_from: str | None = None  # start from these weights: a torch file, a hub directory, a Flax checkpoint, a run
+    init_key: str | None = None  # the entry of a saved dict holding the state_dict, if not a usual one
+    freeze_backbone: bool = False  # train only the classifier; BatchNorm statistics frozen too
+    freeze_bn: bool = False  # BatchNorm normalizes with, and keeps, its running statistics everywhere
 
     # --- optimization
     epochs: int = 15  # total epochs; re-running a finished workdir with a larger value continues it
@@ -101,6 +107,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "he2015_cifar": dict(model="resnet20", dataset="cifar10", optimizer="sgd", lr=0.1, momentum=0.9,
                          weight_decay=1e-4, batch_size=128, epochs=164, schedule="multistep",
                          milestones=(82.0, 123.0), crop_padding=4, flip=True),
+    # Fine-tuning pretrained weights (with --init-from). Li et al., "Rethinking the hyperparameters
+    # for fine-tuning" (ICLR 2020), report the common practice for ResNets: the from-scratch recipe
+    # with a smaller initial learning rate and a shorter schedule, typically lr 0.01, momentum 0.9,
+    # weight decay 1e-4. 0.01 is a tenth of He et al.'s (2016) lr 0.1 at batch 256; scaled linearly
+    # to batch 64 (Goyal et al. 2017) it is 0.0025. Cosine decay to zero (Loshchilov & Hutter,
+    # SGDR, ICLR 2017) over a short run; label smoothing 0.1 (Szegedy et al. 2016, "Rethinking the
+    # Inception architecture", and He et al. 2019, "Bag of tricks", who use 0.1 with cosine decay).
+    "finetune": dict(optimizer="sgd", lr=0.0025, momentum=0.9, nesterov=False, weight_decay=1e-4, batch_size=64,
+                     epochs=10, schedule="cosine", warmup_epochs=0.0, label_smoothing=0.1),
 }
 
 # Settings that may differ between a run and its resumption (the rest must match).
@@ -133,10 +148,17 @@ def validate(config: TrainConfig) -> None:
     """Refuse settings that cannot work, before any data is read. Raises ConfigError."""
     _require(config.framework in FRAMEWORKS,
              f"unknown framework {config.framework!r}; choose from {_choices(FRAMEWORKS)}")
-    try:
-        resolve(config.model, None, None, dict(config.model_options))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    _require(config.model is not None or config.init_from is not None,
+             "name a model, or give init_from to take the variant of its weights")
+    if config.model is not None:
+        try:
+            resolve(config.model, None, None, dict(config.model_options))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    for name in ("freeze_backbone", "freeze_bn"):
+        _require(not getattr(config, name) or config.init_from is not None,
+                 f"{name} keeps what pretrained weights learned: it needs init_from")
+    _require(config.init_key is None or config.init_from is not None, "init_key names an entry of init_from's file")
     _require(isinstance(config.dataset, str) and config.dataset != "",
              f"dataset must be a name, e.g. {EMBEDDED_DATASET}, mnist, fashion_mnist, cifar10, cifar100")
     for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "keep_checkpoints"):
@@ -252,7 +274,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--preset", default=s, choices=list(PRESETS),
                         help="start from a recipe: seed001 (seed 001's MNIST run), d2l (d2l ResNet-18 on "
-                             "96x96 Fashion-MNIST), he2015_cifar (resnet20 on CIFAR-10); flags override it")
+                             "96x96 Fashion-MNIST), he2015_cifar (resnet20 on CIFAR-10), finetune (with "
+                             "--init-from: lr 0.0025, 10 epochs of cosine, label smoothing 0.1); flags "
+                             "override it")
     what = parser.add_argument_group("model")
     add(what, "framework", "flax, or torch for the torch_ref twin", choices=FRAMEWORKS)
     add(what, "model", "a registry name, e.g. mnist_resnet, resnet20, resnet18, d2l_resnet18", metavar="NAME")
@@ -264,6 +288,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       metavar="{true,false}", help="model option: zero-init each block's last BN weight")
     what.add_argument("--shortcut", dest="shortcut", default=s, choices=OPTION_CHOICES["shortcut"],
                       help="model option: CIFAR nets' shortcut (A: zero-pad, B: projection)")
+
+    tune = parser.add_argument_group("fine-tuning")
+    add(tune, "init_from", "start from these weights: a PyTorch file, a transformers or timm directory, a Flax "
+                           "checkpoint or a run folder (without --model: their variant)", metavar="PATH")
+    add(tune, "init_key", "the entry of a saved dict that holds the state_dict, if not a usual one", metavar="NAME")
+    add(tune, "freeze_backbone", "train only the classifier, BatchNorm statistics frozen",
+        action=argparse.BooleanOptionalAction)
+    add(tune, "freeze_bn", "BatchNorm uses and keeps its running statistics everywhere",
+        action=argparse.BooleanOptionalAction)
 
     data = parser.add_argument_group("data")
     add(data, "dataset", "embedded_mnist (offline), a tfds name (mnist, fashion_mnist, cifar10, cifar100, "
@@ -327,6 +360,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if field.name in given:
             value = given[field.name]
             values[field.name] = tuple(value) if isinstance(value, list) else value
+    if values.get("init_from") is not None and "model" not in given and "model" not in PRESETS[preset]:
+        values["model"] = None  # the variant of the weights it starts from
     config = TrainConfig(**values, model_options=options)
     validate(config)
     return config

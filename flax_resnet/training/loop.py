@@ -24,6 +24,7 @@ from flax_resnet.training.checkpoints import RunCheckpoints
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
 from flax_resnet.training.data import Dataset, load_dataset
 from flax_resnet.training.event_files import EventWriter
+from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
 from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
 from flax_resnet.training.optim import make_optimizer
@@ -43,11 +44,13 @@ __all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "Unreadable
 STOP_CHECK_STEPS = 10
 
 
-def build_model(config: TrainConfig, setup: RunSetup, data: Dataset) -> nnx.Module:
-    """The model with `initial_weights` drawn from `config.seed`; refuses an input size it cannot take."""
+def build_model(config: TrainConfig, setup: RunSetup, data: Dataset, initial=None) -> nnx.Module:
+    """The model with `initial` weights (a state_dict), by default `initial_weights` drawn from
+    `config.seed`; refuses an input size it cannot take."""
     model = model_skeleton(config.model, **setup.model_kwargs)
-    load_torch_state_dict(model, initial_state_dict(config.model, setup.model_kwargs, torch_shapes(model),
-                                                    config.seed))
+    if initial is None:
+        initial = initial_state_dict(config.model, setup.model_kwargs, torch_shapes(model), config.seed)
+    load_torch_state_dict(model, initial)
     size = setup.augment.image_size or data.image_shape[0]
     probe = jax.ShapeDtypeStruct((1, size, size, data.image_shape[2]), jnp.float32)
     try:
@@ -85,6 +88,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
 
     # --- data
     data = load_dataset(config.dataset, config.data_dir)
+    config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
     setup = prepare_run(config, data, mesh.size)
     workdir = Workdir.open(config, writer=processes.is_main())  # refuses to resume other settings
     # Only process 0 prints and draws progress bars.
@@ -92,14 +96,20 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     log = print if workdir.writer else (lambda *args, **kwargs: None)
 
     # --- model
-    model = build_model(config, setup, data)
+    init = None if opened is None else starting_state(
+        opened, config, setup.model_kwargs, torch_shapes(model_skeleton(config.model, **setup.model_kwargs)))
+    model = build_model(config, setup, data, None if init is None else init.state_dict)
+    for note in () if init is None else init.notes:
+        log(note)
     workdir.create()
 
     # --- optimizer, and the steps that use it
     tx, schedule = make_optimizer(config, setup.plan)
     graphdef, eval_graphdef, state = split_model(model, tx)
-    train_step = jit_train_step(graphdef, tx, mesh, augment=setup.augment, precision=config.precision,
-                                label_smoothing=config.label_smoothing)
+    # Frozen BatchNorm: the train step runs the eval-mode graph (running statistics, no updates).
+    frozen_bn = config.freeze_bn or config.freeze_backbone
+    train_step = jit_train_step(eval_graphdef if frozen_bn else graphdef, tx, mesh, augment=setup.augment,
+                                precision=config.precision, label_smoothing=config.label_smoothing)
     eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision)
     state = jax.device_put(jax.device_get(state), replicated(mesh))  # the same on every process
 
@@ -119,7 +129,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
             log(f"resuming {workdir.path} {progress.describe(steps_per_epoch)} (train step {progress.step})"
                 + (f" with {', '.join(changed)}" if changed else ""))
             workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
-        workdir.write_config(config, setup.details(data, mesh.size))
+        workdir.write_config(config, {**setup.details(data, mesh.size),
+                                      **({} if init is None else {"init": init.record})})
         curves.open(progress.step)
         rng = jax.jit(lambda: jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM),
                       out_shardings=replicated(mesh))()  # made on every device, as every process can

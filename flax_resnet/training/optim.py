@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import optax
 
 from flax_resnet.training.config import TrainConfig
+from flax_resnet.training.initial_weights import classifier_prefix
 from flax_resnet.training.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
 from flax_resnet.training.setup import StepPlan
 
@@ -43,7 +45,7 @@ def torch_adamw(learning_rate, b1, weight_decay: float) -> optax.GradientTransfo
 
 
 OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
-                    "milestones", "gamma", "grad_accum", "epochs")
+                    "milestones", "gamma", "grad_accum", "epochs", "freeze_backbone", "model")
 
 
 def make_optimizer(config: TrainConfig, plan: StepPlan) -> tuple[optax.GradientTransformation, Schedule]:
@@ -69,9 +71,26 @@ def _make_optimizer(settings: tuple, plan: StepPlan):
             learning_rate, momentum, config.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    if config.freeze_backbone:
+        # Only the classifier moves (no update, no weight decay elsewhere), as torch's optimizer
+        # given only the classifier's parameters.
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   functools.partial(classifier_labels, prefix=classifier_prefix(config.model)))
     if config.grad_accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum).gradient_transformation()
     return tx, schedule
+
+
+def classifier_labels(params, *, prefix: str):
+    """'train' for the classifier's parameters (twin keys starting with `prefix`), 'frozen' for the rest."""
+    # Imported here: torch_ref's optimizer shares this module's schedule and must not load Flax.
+    from flax_resnet.porting.state_dict import torch_key
+
+    def label(path, _):
+        keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+        return "train" if torch_key(keys).startswith(prefix) else "frozen"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def _traced(function, count):

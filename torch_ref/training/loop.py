@@ -25,6 +25,7 @@ from flax_resnet.training.config import ConfigError, TrainConfig, validate
 from flax_resnet.training.data import Dataset, load_dataset
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 from flax_resnet.training.event_files import EventWriter
+from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
 from flax_resnet.training.interrupts import StopRequests
 from flax_resnet.training.progress import Progress, StepEvents
@@ -48,12 +49,16 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
 
     # --- data
     data = load_dataset(config.dataset, config.data_dir)
+    config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
     setup = prepare_run(config, data)
     workdir = Workdir.open(config)  # refuses to resume other settings
     config = dataclasses.replace(config, workdir=str(workdir.path))
 
     # --- model
-    model = build_model(config, setup)
+    init = None if opened is None else starting_state(opened, config, setup.model_kwargs, state_shapes(config, setup))
+    model = build_model(config, setup, None if init is None else init.state_dict)
+    for note in () if init is None else init.notes:
+        print(note)
     workdir.create()
 
     # --- optimizer
@@ -74,7 +79,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
             print(f"resuming {workdir.path} {progress.describe(steps_per_epoch)} (train step {progress.step})"
                   + (f" with {', '.join(changed)}" if changed else ""))
             workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
-        workdir.write_config(config, setup.details(data, 1))
+        workdir.write_config(config, {**setup.details(data, 1), **({} if init is None else {"init": init.record})})
         curves.open(progress.step)
         rng = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
         augment_steps, prepare_eval = jitted_transforms(setup.augment)
@@ -119,13 +124,21 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     return TrainResult(history, model, workdir.path)
 
 
-def build_model(config: TrainConfig, setup: RunSetup) -> torch.nn.Module:
-    """The model with `initial_weights` drawn from `config.seed`: the Flax trainer's start."""
+def build_model(config: TrainConfig, setup: RunSetup, initial=None) -> torch.nn.Module:
+    """The model with `initial` weights (a numpy state_dict), by default `initial_weights` drawn
+    from `config.seed`: the Flax trainer's start."""
     model = torch_ref.create_model(config.model, **setup.model_kwargs)
-    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    initial = initial_state_dict(config.model, setup.model_kwargs, shapes, config.seed)
+    if initial is None:
+        initial = initial_state_dict(config.model, setup.model_kwargs, state_shapes(config, setup), config.seed)
     model.load_state_dict({key: torch.from_numpy(value) for key, value in initial.items()}, strict=True)
     return model
+
+
+def state_shapes(config: TrainConfig, setup: RunSetup) -> dict[str, tuple[int, ...]]:
+    """The model's state_dict shapes, from a model on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = torch_ref.create_model(config.model, **setup.model_kwargs)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 def train_epoch(model, optimizer, schedule, augment_steps, rng, data: Dataset, config: TrainConfig, epoch: int,
@@ -143,7 +156,8 @@ def train_epoch(model, optimizer, schedule, augment_steps, rng, data: Dataset, c
             update = step // config.grad_accum if (step + 1) % config.grad_accum == 0 else None
             metrics = train_step(model, optimizer, images, labels, schedule=schedule, update=update,
                                  grad_accum=config.grad_accum, precision=config.precision,
-                                 label_smoothing=config.label_smoothing)
+                                 label_smoothing=config.label_smoothing,
+                                 freeze_bn=config.freeze_bn or config.freeze_backbone)
             step += 1
             totals = {key: totals[key] + metrics[key] for key in totals}
             check_finite(totals["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)

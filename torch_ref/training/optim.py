@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from flax_resnet.training.config import TrainConfig
+from flax_resnet.training.initial_weights import classifier_prefix
 from flax_resnet.training.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
 from flax_resnet.training.setup import StepPlan
 
@@ -18,7 +19,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan) 
                                                                                        Schedule]:
     """(torch optimizer, schedule): the schedule maps the optimizer-update count to lr and momentum."""
     schedule = make_schedule(config, plan)
-    params = model.parameters()
+    params = list(model.parameters())
+    if config.freeze_backbone:  # only the classifier trains; the rest needs no gradients at all
+        prefix = classifier_prefix(config.model)
+        for key, parameter in model.named_parameters():
+            parameter.requires_grad_(key.startswith(prefix))
+        params = [parameter for parameter in params if parameter.requires_grad]
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                     nesterov=config.nesterov, weight_decay=config.weight_decay)

@@ -13,15 +13,20 @@ from torch_ref.training.optim import set_hyperparameters
 
 
 def train_step(model, optimizer, images, labels, *, schedule, update: int | None, grad_accum: int = 1,
-               precision: str = "fp32", label_smoothing: float = 0.0) -> dict[str, float]:
+               precision: str = "fp32", label_smoothing: float = 0.0, freeze_bn: bool = False) -> dict[str, float]:
     """Forward and backward of one batch, then optimizer update number `update` with its lr and
     momentum from `schedule` (None: accumulate the gradient only).
 
     With grad_accum k each batch contributes 1/k of its mean-loss gradient, so an update applies
-    the mean gradient of k batches (as optax.MultiSteps). BatchNorm statistics move every batch.
+    the mean gradient of k batches (as optax.MultiSteps). BatchNorm statistics move every batch,
+    unless `freeze_bn`: then BatchNorm normalizes with its running statistics and keeps them.
     Returns {'loss', 'correct', 'count'} sums over the batch.
     """
     model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits = model(images)
     logits = logits.float()
