@@ -12,7 +12,7 @@ from typing import Any
 
 from flax_resnet.registry import OPTION_CHOICES, resolve
 
-__all__ = ["EMBEDDED_DATASET", "FRAMEWORKS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES",
+__all__ = ["DEVICES", "EMBEDDED_DATASET", "FRAMEWORKS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES",
            "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_train_arguments",
            "config_from_args", "resume_differences", "validate"]
 
@@ -20,6 +20,7 @@ FRAMEWORKS = ("flax", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "gpu")
 EMBEDDED_DATASET = "embedded_mnist"
 
 
@@ -62,6 +63,10 @@ class TrainConfig:
     precision: str = "fp32"  # 'bf16': bfloat16 compute; parameters, optimizer state and BN statistics stay fp32
     seed: int = 0  # initial weights, data order and augmentation all follow from it
 
+    # --- hardware
+    device: str = "auto"  # 'auto': an NVIDIA GPU if the framework sees one, else the CPU; 'cpu' or 'gpu' to insist
+    tf32: bool = False  # let float32 matmuls and convolutions use TF32 on NVIDIA GPUs (Ampere+), in both frameworks
+
     # --- output
     workdir: str | None = None  # None: runs/<framework>-<model>-<dataset>-<time>; an existing run resumes
     eval_batch_size: int = 500  # images per evaluation step
@@ -100,7 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Settings that may differ between a run and its resumption (the rest must match).
 RESUMABLE_CHANGES = ("epochs", "workdir", "progress", "distributed", "eval_batch_size", "keep_checkpoints",
                      "lr", "schedule", "warmup_epochs", "milestones", "gamma", "weight_decay",
-                     "label_smoothing", "data_dir", "nesterov")
+                     "label_smoothing", "data_dir", "nesterov", "device", "tf32")
 
 
 def _choices(values) -> str:
@@ -140,6 +145,8 @@ def validate(config: TrainConfig) -> None:
              f"unknown schedule {config.schedule!r}; choose from {_choices(SCHEDULES)}")
     _require(config.precision in PRECISIONS,
              f"unknown precision {config.precision!r}; choose from {_choices(PRECISIONS)}")
+    _require(config.device in DEVICES, f"unknown device {config.device!r}; choose from {_choices(DEVICES)}")
+    _require(isinstance(config.tf32, bool), f"tf32 must be true or false, got {config.tf32!r}")
     _require(_is_number(config.lr) and config.lr > 0, f"lr must be a positive number, got {config.lr!r}")
     _require(_is_number(config.momentum) and 0 <= config.momentum < 1,
              f"momentum must be in [0, 1), got {config.momentum!r}")
@@ -254,6 +261,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add(optim, "grad_accum", "micro-steps per optimizer update", type=int)
     add(optim, "precision", "", choices=PRECISIONS)
     add(optim, "seed", "random seed", type=int)
+
+    hardware = parser.add_argument_group("hardware")
+    add(hardware, "device", "auto (a GPU if there is one), cpu or gpu", choices=DEVICES)
+    add(hardware, "tf32", "TF32 for float32 matmuls and convolutions on NVIDIA GPUs, in both frameworks "
+                          "(off: float32 is float32)", action=argparse.BooleanOptionalAction)
 
     out = parser.add_argument_group("output")
     add(out, "workdir", "run folder (default: runs/<framework>-<model>-<dataset>-<time>); an existing "

@@ -25,7 +25,8 @@ from flax_resnet.training.optim import learning_rate, make_optimizer
 from flax_resnet.training.sampling import epoch_order, eval_batches
 from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
 from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model,
-                                       put_batch, replicated, split_model)
+                                       gather_batch, prefetch, put_batch, replicated, select_devices,
+                                       split_model)
 from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finite, epoch_record, live_metrics,
                                           progress_bar, summary_line)
 
@@ -69,7 +70,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
                           f"flax_resnet.training.train")
     if config.distributed:
         jax.distributed.initialize()
-    mesh = data_mesh()
+    mesh = data_mesh(select_devices(config.device))
 
     # --- data
     data = load_dataset(config.dataset, config.data_dir)
@@ -86,8 +87,9 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     tx, schedule = make_optimizer(config, setup.plan)
     graphdef, eval_graphdef, state = split_model(model, tx)
     train_step = jit_train_step(graphdef, tx, mesh, augment=setup.augment, precision=config.precision,
-                                label_smoothing=config.label_smoothing)
-    eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision)
+                                label_smoothing=config.label_smoothing, tf32=config.tf32)
+    eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision,
+                              tf32=config.tf32)
 
     options = ocp.CheckpointManagerOptions(preservation_policy=keep_latest_and_best(config.keep_checkpoints))
     with ocp.CheckpointManager(workdir.checkpoints_path.absolute(), options=options) as checkpoints:
@@ -101,7 +103,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         workdir.write_config(config, setup.details(data, mesh.size))
         state = jax.device_put(state, replicated(mesh))
         rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), replicated(mesh))
-        log(f"{config.model} on {data.describe()}; {mesh.size} {jax.devices()[0].platform} device(s); "
+        log(f"{config.model} on {data.describe()}; {mesh.size} {mesh.devices.flat[0].platform} device(s); "
             f"{setup.plan.steps_per_epoch} steps per epoch; writing to {workdir.path}")
         if len(history) < config.epochs:
             started = time.perf_counter()
@@ -161,16 +163,21 @@ def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoc
                 last_good: int, run_dir):
     """One pass over the shuffled training set. Returns (state, metric sums, seconds)."""
     batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
+    arrays = {"image": data.train_images, "label": data.train_labels}
+    on_device = prefetch(lambda indices: put_batch(gather_batch(arrays, indices), mesh), batches)
     totals, start, last_refresh = None, time.perf_counter(), 0.0
     with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
-        for index, indices in enumerate(batches, 1):
-            batch = put_batch({"image": data.train_images[indices], "label": data.train_labels[indices]}, mesh)
+        for index, batch in enumerate(on_device, 1):
             state, metrics = train_step(state, batch, rng)
-            totals = _add(totals, metrics)
+            previous, totals = totals, _add(totals, metrics)
             now = time.perf_counter()
-            if now - last_refresh >= REFRESH_SECONDS or index == len(batches):
-                last_refresh, sums = now, _host(totals)  # waits for the device: a sync point
+            if index == len(batches):
+                sums = _host(totals)
                 check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+            elif now - last_refresh >= REFRESH_SECONDS and previous is not None:
+                # Waits for the sums up to the step before: the step just dispatched keeps the device busy.
+                last_refresh, sums = now, _host(previous)
+                check_finite(sums["loss"], epoch=epoch, step=index - 1, last_good=last_good, workdir=run_dir)
                 bar.set_postfix(live_metrics(sums, now - start), refresh=False)
             bar.update()
     return state, sums, time.perf_counter() - start

@@ -9,8 +9,11 @@ thing: the augmentation, so that both trainers compute the very same pixels.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import itertools
+import os
 import re
 import time
 from collections.abc import Callable
@@ -31,16 +34,21 @@ from flax_resnet.training.sampling import epoch_order, eval_batches
 from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
 from flax_resnet.training.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
 from torch_ref.training.optim import make_optimizer
-from torch_ref.training.step import eval_step, train_step
+from torch_ref.training.step import eval_step, select_device, set_tf32, train_step
 
 
 def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
-    """As `flax_resnet.training.loop.train`, in torch (CPU). The model starts from the same
-    `initial_weights` as the Flax trainer's with the same seed, so both runs start identical."""
+    """As `flax_resnet.training.loop.train`, in torch, on the CPU or a CUDA GPU (`config.device`). The
+    model starts from the same `initial_weights` as the Flax trainer's with the same seed, so both
+    runs start identical. On a GPU the model and batches are channels_last."""
     validate(config)
     if config.framework != "torch":
         raise ConfigError(f"this is the torch trainer; framework {config.framework!r} runs with "
                           f"flax_resnet.training.train")
+    device = select_device(config.device)
+    set_tf32(config.tf32)
+    # JAX only computes the pixels here, on the CPU; it must not take the GPU's memory from torch.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     torch.manual_seed(config.seed)
 
     # --- data
@@ -50,7 +58,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     config = dataclasses.replace(config, workdir=str(workdir.path))
 
     # --- model
-    model = build_model(config, setup)
+    model = build_model(config, setup).to(device, memory_format=memory_format(device))
     workdir.create()
 
     # --- optimizer
@@ -64,9 +72,10 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         print(f"resuming {workdir.path} after epoch {len(history)}"
               + (f" with {', '.join(changed)}" if changed else ""))
     workdir.write_config(config, setup.details(data, 1))
-    rng = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
+    host = jax.devices("cpu")[0]
+    rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), host)
     augment_steps, prepare_eval = jitted_transforms(setup.augment, schedule, config.grad_accum)
-    print(f"{config.model} on {data.describe()}; torch {torch.__version__} on cpu; "
+    print(f"{config.model} on {data.describe()}; torch {torch.__version__} on {device.type}; "
           f"{setup.plan.steps_per_epoch} steps per epoch; writing to {workdir.path}")
 
     # --- loop
@@ -75,7 +84,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         start = time.perf_counter()
         step, totals, train_seconds = train_epoch(model, optimizer, augment_steps, rng, data, config, epoch, step,
                                                   last_good=len(history), run_dir=workdir.path)
-        test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
+        with jax.default_device(host):
+            test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
         lr = float(schedule((step - 1) // config.grad_accum))
         record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
         history.append(record)
@@ -106,23 +116,54 @@ def build_model(config: TrainConfig, setup: RunSetup) -> torch.nn.Module:
 
 def train_epoch(model, optimizer, augment_steps, rng, data: Dataset, config: TrainConfig, epoch: int, step: int,
                 *, last_good: int, run_dir):
-    """One pass over the shuffled training set. Returns (step, metric sums, seconds)."""
+    """One pass over the shuffled training set. Returns (step, metric sums, seconds).
+
+    The sums stay on the device and are read at each progress refresh (the only wait for the
+    device), while the next batches are already on their way to it.
+    """
     batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
-    totals, start, last_refresh = {"loss": 0.0, "correct": 0.0, "count": 0.0}, time.perf_counter(), 0.0
+    device = next(model.parameters()).device
+    totals, start, last_refresh = None, time.perf_counter(), 0.0
+    prepared = prepare_batches(augment_steps, rng, data, batches, step)  # on the CPU, where `rng` is
     with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
-        for index, (images, labels, lr) in enumerate(prepare_batches(augment_steps, rng, data, batches, step), 1):
+        for index, (images, labels, lr) in enumerate(prefetch_to(device, prepared), 1):
             metrics = train_step(model, optimizer, images, labels, lr=lr,
                                  update=(step + 1) % config.grad_accum == 0, grad_accum=config.grad_accum,
                                  precision=config.precision, label_smoothing=config.label_smoothing)
             step += 1
-            totals = {key: totals[key] + metrics[key] for key in totals}
-            check_finite(totals["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+            totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
             now = time.perf_counter()
-            if now - last_refresh >= REFRESH_SECONDS:
-                last_refresh = now
-                bar.set_postfix(live_metrics(totals, now - start), refresh=False)
+            if now - last_refresh >= REFRESH_SECONDS or index == len(batches):
+                last_refresh, sums = now, _host(totals)
+                check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+                bar.set_postfix(live_metrics(sums, now - start), refresh=False)
             bar.update()
-    return step, totals, time.perf_counter() - start
+    return step, sums, time.perf_counter() - start
+
+
+def _host(totals: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {key: float(value) for key, value in totals.items()}
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA, where cuDNN's NHWC kernels are the fast ones; torch's default elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def prefetch_to(device: torch.device, batches, size: int = 2):
+    """Yield each tuple of `batches` with its tensors on `device`, the next `size` - 1 tuples already
+    on their way (copied from pinned memory asynchronously on CUDA; images channels_last there)."""
+    def move(value):
+        if not isinstance(value, torch.Tensor) or device.type == "cpu":
+            return value
+        layout = memory_format(device) if value.ndim == 4 else torch.preserve_format
+        return value.pin_memory().to(device, non_blocking=True, memory_format=layout)
+
+    iterator = (tuple(move(value) for value in batch) for batch in batches)
+    queue = collections.deque(itertools.islice(iterator, size))
+    while queue:
+        yield queue.popleft()
+        queue.extend(itertools.islice(iterator, 1))
 
 
 # JAX prepares the pixels (the Flax step's own augmentation) and the learning rates for many
@@ -163,13 +204,14 @@ def _nchw(images) -> torch.Tensor:
 
 def evaluate(model, prepare_eval, data: Dataset, batch_size: int, precision: str) -> dict[str, float]:
     """Loss and accuracy sums over the test set."""
-    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    for batch in eval_batches(data.test_images, data.test_labels, batch_size):
-        metrics = eval_step(model, _nchw(prepare_eval(batch["image"])),
-                            torch.from_numpy(batch["label"].astype(np.int64)), torch.from_numpy(batch["mask"]),
-                            precision=precision)
-        totals = {key: totals[key] + metrics[key] for key in totals}
-    return totals
+    device = next(model.parameters()).device
+    totals = None
+    batches = ((_nchw(prepare_eval(batch["image"])), torch.from_numpy(batch["label"].astype(np.int64)),
+                torch.from_numpy(batch["mask"])) for batch in eval_batches(data.test_images, data.test_labels, batch_size))
+    for images, labels, mask in prefetch_to(device, batches):
+        metrics = eval_step(model, images, labels, mask, precision=precision)
+        totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
+    return _host(totals)
 
 
 class TorchCheckpoints:
