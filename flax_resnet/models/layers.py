@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -65,63 +63,10 @@ def linear(in_features, out_features, *, rngs):
     )
 
 
-def batch_statistics(x):
-    """Per-channel mean and biased variance over every axis but the last, in at least float32.
-
-    The variance is the mean of squared deviations, not E[x^2] - E[x]^2: no cancellation.
-    """
-    axes = tuple(range(x.ndim - 1))
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    mean = jnp.mean(x32, axes)
-    return mean, jnp.mean(jnp.square(x32 - mean), axes)
-
-
 def _affine(x, multiplier, shift):
     """x * multiplier + shift per channel, computed in at least float32 and rounded once."""
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return (x32 * multiplier + shift).astype(x.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x, scale, bias, epsilon: float):
-    """Train-mode BatchNorm over every axis but the last: (normalized x, batch mean, biased variance).
-
-    y = (x - mean) / sqrt(var + epsilon) * scale + bias with the batch's own statistics. The gradient
-    is the closed form torch and cuDNN use rather than autodiff through the two reductions: with
-    x_hat = (x - mean) * inv and n values per channel,
-        dx = inv * scale * (g - mean(g) - x_hat * mean(g * x_hat)),
-    plus the terms for cotangents of the returned mean and variance, all folded into per-channel
-    coefficients, so the backward is one reduction pass and one element-wise pass.
-    """
-    return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
-    mean, var = batch_statistics(x)
-    inv = lax.rsqrt(var + epsilon)
-    multiplier = inv * scale
-    shift = bias - mean * multiplier
-    return (_affine(x, multiplier, shift), mean, var), (x, mean, inv, scale)
-
-
-def _batch_norm_train_bwd(epsilon, residuals, cotangents):
-    x, mean, inv, scale = residuals
-    g, g_mean, g_var = cotangents
-    axes = tuple(range(x.ndim - 1))
-    count = x.size // x.shape[-1]
-    x_hat = (x.astype(mean.dtype) - mean) * inv
-    g32 = g.astype(mean.dtype)
-    g_sum = jnp.sum(g32, axes)
-    gx_sum = jnp.sum(g32 * x_hat, axes)
-    # dx = a * g + b * x_hat + c, per channel:
-    a = inv * scale
-    b = -a * gx_sum / count + 2.0 * g_var / (count * inv)
-    c = -a * g_sum / count + g_mean / count
-    dx = g32 * a + x_hat * b + c
-    return dx.astype(x.dtype), gx_sum.astype(scale.dtype), g_sum.astype(scale.dtype)
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 class BatchNorm(nnx.Module):
@@ -130,8 +75,8 @@ class BatchNorm(nnx.Module):
     Training normalizes with the biased batch variance and moves the running variance toward the
     *unbiased* one, as torch does (stock Flax uses the biased one, so running statistics drift apart).
     `momentum` is torch's: running = (1 - momentum) * running + momentum * batch.
-    Statistics are computed in at least float32 whatever the input dtype; training takes
-    `batch_norm_train`'s closed-form gradient.
+    Statistics and the normalization are computed in at least float32 whatever the input dtype;
+    a bf16 output is rounded once.
     """
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
@@ -148,17 +93,21 @@ class BatchNorm(nnx.Module):
 
     def __call__(self, x):
         if self.use_running_average:
-            inv = lax.rsqrt(self.var[...] + self.epsilon) * self.scale[...]
-            return _affine(x, inv, self.bias[...] - self.mean[...] * inv)
-        y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon)
-        mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
-        count = x.size // x.shape[-1]
-        unbiased_var = var * (count / max(count - 1, 1))
-        m = self.momentum
-        self.mean[...] = (1 - m) * self.mean[...] + m * mean
-        self.var[...] = (1 - m) * self.var[...] + m * unbiased_var
-        self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
-        return y
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            mean = jnp.mean(x32, axes)
+            # Mean of squared deviations, not E[x^2] - E[x]^2: no cancellation.
+            var = jnp.mean(jnp.square(x32 - mean), axes)
+            count = x.size // x.shape[-1]
+            unbiased_var = var * (count / max(count - 1, 1))
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * mean
+            self.var[...] = (1 - m) * self.var[...] + m * unbiased_var
+            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        inv = lax.rsqrt(var + self.epsilon) * self.scale[...]
+        return _affine(x, inv, self.bias[...] - mean * inv)
 
 
 def max_pool(x, kernel_size: int, stride: int, padding: int = 0):
