@@ -95,13 +95,33 @@ def details() -> dict[str, Any]:
     return {"xla_compiler_options": xla_cpu.compiler_options() or {}}
 
 
+def _loop_against_bare(step, state, batch, rng, data, config: TrainConfig, mesh, steps: int, rounds: int):
+    """Median seconds per step of `train_epoch` with `step`, and of `step` alone on a placed batch,
+    the two alternating `rounds` times."""
+    from flax_resnet.training.loop import train_epoch
+
+    state, metrics = step(state, batch, rng)  # warm-up
+    jax.block_until_ready(metrics)
+    loop, bare = [], []
+    for epoch in range(1, rounds + 1):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, batch, rng)
+        jax.block_until_ready(metrics)
+        bare.append((time.perf_counter() - start) / steps)
+        state, _, seconds = train_epoch(step, state, rng, data, config, epoch, mesh, last_good=0,
+                                        run_dir=Path(config.workdir or "."))
+        loop.append(seconds / steps)
+    return float(np.median(loop)), float(np.median(bare))
+
+
 def measure_training_loop(config: TrainConfig | None = None, rounds: int = 3) -> dict[str, Any]:
     """The per-step time of `scripts/train.py`'s epoch loop (batch gathering, transfer, augmentation
     on device, metric sums, progress bar, divergence checks) against the same compiled step called
     on a batch already on the device. Epoch and bare pass alternate; medians over `rounds`."""
     from flax_resnet.training.data import load_dataset
     from flax_resnet.training.optim import make_optimizer
-    from flax_resnet.training.loop import build_model, compile_ahead, train_epoch
+    from flax_resnet.training.loop import build_model, compile_ahead
     from flax_resnet.training.sampling import epoch_order
     from flax_resnet.training.setup import AUGMENT_STREAM, prepare_run
 
@@ -120,19 +140,7 @@ def measure_training_loop(config: TrainConfig | None = None, rounds: int = 3) ->
     indices = epoch_order(config.seed, 0, len(data.train_labels), config.batch_size)
     batch = put_batch({"image": data.train_images[indices[0]], "label": data.train_labels[indices[0]]}, mesh)
     steps = len(indices)
-    state, metrics = train_step(state, batch, rng)  # warm-up
-    jax.block_until_ready(metrics)
-    loop, bare = [], []
-    for epoch in range(1, rounds + 1):
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = train_step(state, batch, rng)
-        jax.block_until_ready(metrics)
-        bare.append((time.perf_counter() - start) / steps)
-        state, _, seconds = train_epoch(train_step, state, rng, data, config, epoch, mesh, last_good=0,
-                                        run_dir=Path(config.workdir or "."))
-        loop.append(seconds / steps)
-    loop_step, bare_step = float(np.median(loop)), float(np.median(bare))
+    loop_step, bare_step = _loop_against_bare(train_step, state, batch, rng, data, config, mesh, steps, rounds)
     return {"loop_model": config.model, "loop_dataset": data.name, "loop_batch_size": config.batch_size,
             "loop_steps_per_epoch": steps, "loop_step_ms": 1e3 * loop_step, "bare_step_ms": 1e3 * bare_step,
             "loop_overhead": loop_step / bare_step - 1}
@@ -166,7 +174,6 @@ def measure_loop_cost(image_shape=(32, 32, 3), batch_size: int = 512, steps: int
     alternate; medians over `rounds`. `loop_host_ms` is the difference per step.
     """
     from flax_resnet.training.data import Dataset
-    from flax_resnet.training.loop import train_epoch
 
     rng_np = np.random.default_rng(0)
     images = rng_np.integers(0, 256, (steps * batch_size, *image_shape), dtype=np.uint8)
@@ -177,18 +184,7 @@ def measure_loop_cost(image_shape=(32, 32, 3), batch_size: int = 512, steps: int
     step = jax.jit(_noop_step, donate_argnums=0)
     rng, state = jax.random.key(0), jnp.zeros(())
     batch = put_batch({"image": images[:batch_size], "label": labels[:batch_size]}, mesh)
-    state, metrics = step(state, batch, rng)  # compiles
-    jax.block_until_ready(metrics)
-    loop, bare = [], []
-    for epoch in range(1, rounds + 1):
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = step(state, batch, rng)
-        jax.block_until_ready(metrics)
-        bare.append((time.perf_counter() - start) / steps)
-        state, _, seconds = train_epoch(step, state, rng, data, config, epoch, mesh, last_good=0, run_dir=Path("."))
-        loop.append(seconds / steps)
-    loop_step, bare_step = float(np.median(loop)), float(np.median(bare))
+    loop_step, bare_step = _loop_against_bare(step, state, batch, rng, data, config, mesh, steps, rounds)
     return {"image_shape": list(image_shape), "batch_size": batch_size, "steps_per_epoch": steps,
             "loop_step_ms": 1e3 * loop_step, "bare_step_ms": 1e3 * bare_step,
             "loop_host_ms": 1e3 * (loop_step - bare_step)}
