@@ -122,3 +122,18 @@ def test_peak_heap_increase_sees_an_allocation():
     size_mib = 64
     peak = timing.peak_heap_increase_mib(lambda: np.ones(size_mib * 2**20 // 8).sum())
     assert size_mib * 0.95 <= peak <= size_mib * 1.5
+
+
+def test_loop_cost_is_the_loop_around_a_step_that_does_nothing():
+    cost = benchmark.measure_loop_cost(image_shape=(4, 4, 1), batch_size=8, steps=3, rounds=1, progress=False)
+    assert (cost["batch_size"], cost["steps_per_epoch"], cost["image_shape"]) == (8, 3, [4, 4, 1])
+    assert cost["loop_step_ms"] > 0 and cost["bare_step_ms"] > 0
+    assert cost["loop_host_ms"] == pytest.approx(cost["loop_step_ms"] - cost["bare_step_ms"])
+    # The table names each target and says how much of its step the loop's host work takes.
+    result = {"model": "resnet20", "batch_size": 8, "image_size": 4, "precision": "fp32", "steps": 1,
+              "load_average_before": 0.0, "load_average_after": 0.0, "environment": timing.environment(),
+              "loop_cost": {"resnet18_cifar_b512": {**cost, "target_step_ms": 17.0, "fraction_of_target": 0.5}},
+              "flax_vs_torch_compile_train": 0.8}
+    table = timing.format_table(result)
+    assert "resnet18_cifar_b512 (8 x 4x4x1)" in table and "50.0% of the 17.0 ms GPU target step" in table
+    assert "Flax / torch.compile, train: 0.80x" in table

@@ -12,7 +12,7 @@ from typing import Any
 
 from flax_resnet.registry import OPTION_CHOICES, resolve
 
-__all__ = ["EMBEDDED_DATASET", "FRAMEWORKS", "LAUNCH_SETTINGS", "OPTIMIZERS", "PRECISIONS", "PRESETS",
+__all__ = ["DEVICES", "EMBEDDED_DATASET", "FRAMEWORKS", "LAUNCH_SETTINGS", "OPTIMIZERS", "PRECISIONS", "PRESETS",
            "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_train_arguments",
            "config_from_args", "resume_differences", "validate"]
 
@@ -20,6 +20,7 @@ FRAMEWORKS = ("flax", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "gpu")
 EMBEDDED_DATASET = "embedded_mnist"
 
 
@@ -67,6 +68,10 @@ class TrainConfig:
     grad_accum: int = 1  # micro-steps whose mean gradient makes one optimizer update
     precision: str = "fp32"  # 'bf16': bfloat16 compute; parameters, optimizer state and BN statistics stay fp32
     seed: int = 0  # initial weights, data order and augmentation all follow from it
+
+    # --- hardware
+    device: str = "auto"  # 'auto': an NVIDIA GPU if the framework sees one, else the CPU; 'cpu' or 'gpu' to insist
+    tf32: bool = False  # let float32 matmuls and convolutions use TF32 on NVIDIA GPUs (Ampere+), in both frameworks
 
     # --- output
     workdir: str | None = None  # None: runs/<framework>-<model>-<dataset>-<time>; an existing run resumes
@@ -122,7 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 RESUMABLE_CHANGES = ("epochs", "workdir", "progress", "distributed", "eval_batch_size", "keep_checkpoints",
                      "lr", "schedule", "warmup_epochs", "milestones", "gamma", "weight_decay",
                      "label_smoothing", "data_dir", "nesterov", "checkpoint_every", "coordinator_address",
-                     "num_processes", "process_id")
+                     "num_processes", "process_id", "device", "tf32")
 # Settings that say how a run is started, not what it computes: no notice when they change.
 LAUNCH_SETTINGS = ("workdir", "progress", "distributed", "coordinator_address", "num_processes", "process_id")
 
@@ -173,6 +178,8 @@ def validate(config: TrainConfig) -> None:
              f"unknown schedule {config.schedule!r}; choose from {_choices(SCHEDULES)}")
     _require(config.precision in PRECISIONS,
              f"unknown precision {config.precision!r}; choose from {_choices(PRECISIONS)}")
+    _require(config.device in DEVICES, f"unknown device {config.device!r}; choose from {_choices(DEVICES)}")
+    _require(isinstance(config.tf32, bool), f"tf32 must be true or false, got {config.tf32!r}")
     _require(_is_number(config.lr) and config.lr > 0, f"lr must be a positive number, got {config.lr!r}")
     _require(_is_number(config.momentum) and 0 <= config.momentum < 1,
              f"momentum must be in [0, 1), got {config.momentum!r}")
@@ -329,6 +336,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add(optim, "grad_accum", "micro-steps per optimizer update", type=int)
     add(optim, "precision", "", choices=PRECISIONS)
     add(optim, "seed", "random seed", type=int)
+
+    hardware = parser.add_argument_group("hardware")
+    add(hardware, "device", "auto (a GPU if there is one), cpu or gpu", choices=DEVICES)
+    add(hardware, "tf32", "TF32 for float32 matmuls and convolutions on NVIDIA GPUs, in both frameworks "
+                          "(off: float32 is float32)", action=argparse.BooleanOptionalAction)
 
     out = parser.add_argument_group("output")
     add(out, "workdir", "run folder (default: runs/<framework>-<model>-<dataset>-<time>); an existing "

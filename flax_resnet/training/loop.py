@@ -33,7 +33,8 @@ from flax_resnet.training.sampling import epoch_order, eval_batches
 from flax_resnet.training.schedule import learning_rate_at_step
 from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
 from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model,
-                                       put_batch, replicated, split_model)
+                                       gather_batch, prefetch, put_batch, replicated, select_devices,
+                                       split_model)
 from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finite, epoch_record, live_metrics,
                                           progress_bar, summary_line)
 
@@ -84,7 +85,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         raise ConfigError(f"this is the Flax trainer; framework {config.framework!r} runs with "
                           f"flax_resnet.training.train")
     processes.initialize(config)
-    mesh = data_mesh()
+    mesh = data_mesh(select_devices(config.device))
 
     # --- data
     data = load_dataset(config.dataset, config.data_dir)
@@ -109,8 +110,10 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     # Frozen BatchNorm: the train step runs the eval-mode graph (running statistics, no updates).
     frozen_bn = config.freeze_bn or config.freeze_backbone
     train_step = jit_train_step(eval_graphdef if frozen_bn else graphdef, tx, mesh, augment=setup.augment,
-                                precision=config.precision, label_smoothing=config.label_smoothing)
-    eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision)
+                                precision=config.precision, label_smoothing=config.label_smoothing,
+                                tf32=config.tf32)
+    eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision,
+                              tf32=config.tf32)
     state = jax.device_put(jax.device_get(state), replicated(mesh))  # the same on every process
 
     steps_per_epoch = setup.plan.steps_per_epoch
@@ -134,7 +137,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         curves.open(progress.step)
         rng = jax.jit(lambda: jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM),
                       out_shardings=replicated(mesh))()  # made on every device, as every process can
-        log(f"{config.model} on {data.describe()}; {mesh.size} {jax.devices()[0].platform} device(s)"
+        log(f"{config.model} on {data.describe()}; {mesh.size} {mesh.devices.flat[0].platform} device(s)"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
             + f"; {steps_per_epoch} steps per epoch; writing to {workdir.path}")
         if len(history) < config.epochs:
@@ -215,19 +218,25 @@ def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoc
     batches before it). `on_step(state, steps_done, totals, metrics)` runs after every step.
     Returns (state, metric sums, seconds)."""
     batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
+    arrays = {"image": data.train_images, "label": data.train_labels}
+    # This process's part of each global batch, gathered and placed one step ahead of its use.
+    on_device = prefetch(lambda indices: put_batch(gather_batch(arrays, processes.local_rows(indices)), mesh),
+                         batches[start:])
     start_time, last_refresh = time.perf_counter(), 0.0
     sums = _host(totals) if totals is not None else None
     with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
         bar.update(start)
-        for index, indices in enumerate(batches[start:], start + 1):
-            indices = processes.local_rows(indices)  # this process's part of the global batch
-            batch = put_batch({"image": data.train_images[indices], "label": data.train_labels[indices]}, mesh)
+        for index, batch in enumerate(on_device, start + 1):
             state, metrics = train_step(state, batch, rng)
-            totals = _add(totals, metrics)
+            previous, totals = totals, _add(totals, metrics)
             now = time.perf_counter()
-            if now - last_refresh >= REFRESH_SECONDS or index == len(batches):
-                last_refresh, sums = now, _host(totals)  # waits for the device: a sync point
+            if index == len(batches):
+                sums = _host(totals)
                 check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+            elif now - last_refresh >= REFRESH_SECONDS and previous is not None:
+                # Waits for the sums up to the step before: the step just dispatched keeps the device busy.
+                last_refresh, sums = now, _host(previous)
+                check_finite(sums["loss"], epoch=epoch, step=index - 1, last_good=last_good, workdir=run_dir)
                 bar.set_postfix(live_metrics(sums, now - start_time), refresh=False)
             bar.update()
             if on_step is not None:

@@ -9,8 +9,11 @@ thing: the augmentation, so that both trainers compute the very same pixels.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import itertools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -35,16 +38,21 @@ from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup
 from flax_resnet.training.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
 from torch_ref.training.checkpoints import RunCheckpoints
 from torch_ref.training.optim import make_optimizer
-from torch_ref.training.step import eval_step, train_step
+from torch_ref.training.step import eval_step, select_device, set_tf32, train_step
 
 
 def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
-    """As `flax_resnet.training.loop.train`, in torch (CPU). The model starts from the same
-    `initial_weights` as the Flax trainer's with the same seed, so both runs start identical."""
+    """As `flax_resnet.training.loop.train`, in torch, on the CPU or a CUDA GPU (`config.device`). The
+    model starts from the same `initial_weights` as the Flax trainer's with the same seed, so both
+    runs start identical. On a GPU the model and batches are channels_last."""
     validate(config)
     if config.framework != "torch":
         raise ConfigError(f"this is the torch trainer; framework {config.framework!r} runs with "
                           f"flax_resnet.training.train")
+    device = select_device(config.device)
+    set_tf32(config.tf32)
+    # JAX only computes the pixels here, on the CPU; it must not take the GPU's memory from torch.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     torch.manual_seed(config.seed)
 
     # --- data
@@ -57,6 +65,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     # --- model
     init = None if opened is None else starting_state(opened, config, setup.model_kwargs, state_shapes(config, setup))
     model = build_model(config, setup, None if init is None else init.state_dict)
+    model = model.to(device, memory_format=memory_format(device))
     for note in () if init is None else init.notes:
         print(note)
     workdir.create()
@@ -81,9 +90,10 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
             workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
         workdir.write_config(config, {**setup.details(data, 1), **({} if init is None else {"init": init.record})})
         curves.open(progress.step)
-        rng = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
+        host = jax.devices("cpu")[0]
+        rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), host)
         augment_steps, prepare_eval = jitted_transforms(setup.augment)
-        print(f"{config.model} on {data.describe()}; torch {torch.__version__} on cpu; "
+        print(f"{config.model} on {data.describe()}; torch {torch.__version__} on {device.type}; "
               f"{steps_per_epoch} steps per epoch; writing to {workdir.path}")
         events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
                             curves=curves, workdir=workdir.path)
@@ -101,7 +111,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
                 totals=dict(resumed.totals) if resumed else None,
                 on_step=lambda steps_done, totals, metrics: events.after_step(steps_done, totals, metrics, save=save))
             train_seconds += resumed.train_seconds if resumed else 0.0
-            test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
+            with jax.default_device(host):
+                test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
             lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
             record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
             history.append(record)
@@ -145,30 +156,62 @@ def train_epoch(model, optimizer, schedule, augment_steps, rng, data: Dataset, c
                 step: int, *, last_good: str | None, run_dir, start: int = 0, totals=None, on_step=None):
     """One pass over the shuffled training set, from batch `start` on (`totals`: the sums of the
     batches before it). `on_step(steps_done, totals, metrics)` runs after every step.
-    Returns (step, metric sums, seconds)."""
+    Returns (step, metric sums, seconds).
+
+    The sums stay on the device and are read at each progress refresh (the only wait for the
+    device), while the next batches are already on their way to it.
+    """
     batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
-    totals = dict(totals) if totals is not None else {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    device = next(model.parameters()).device
+    if totals is not None:
+        totals = {key: torch.tensor(float(value), device=device) for key, value in totals.items()}
+    sums = _host(totals) if totals is not None else None
     start_time, last_refresh = time.perf_counter(), 0.0
+    prepared = prepare_batches(augment_steps, rng, data, batches[start:], step)  # on the CPU, where `rng` is
     with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
         bar.update(start)
-        for index, (images, labels) in enumerate(prepare_batches(augment_steps, rng, data, batches[start:], step),
-                                                 start + 1):
+        for index, (images, labels) in enumerate(prefetch_to(device, prepared), start + 1):
             update = step // config.grad_accum if (step + 1) % config.grad_accum == 0 else None
             metrics = train_step(model, optimizer, images, labels, schedule=schedule, update=update,
                                  grad_accum=config.grad_accum, precision=config.precision,
                                  label_smoothing=config.label_smoothing,
                                  freeze_bn=config.freeze_bn or config.freeze_backbone)
             step += 1
-            totals = {key: totals[key] + metrics[key] for key in totals}
-            check_finite(totals["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+            totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
             now = time.perf_counter()
-            if now - last_refresh >= REFRESH_SECONDS:
-                last_refresh = now
-                bar.set_postfix(live_metrics(totals, now - start_time), refresh=False)
+            if now - last_refresh >= REFRESH_SECONDS or index == len(batches):
+                last_refresh, sums = now, _host(totals)
+                check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+                bar.set_postfix(live_metrics(sums, now - start_time), refresh=False)
             bar.update()
             if on_step is not None:
                 on_step(index, totals, metrics)
-    return step, totals, time.perf_counter() - start_time
+    return step, sums, time.perf_counter() - start_time
+
+
+def _host(totals: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {key: float(value) for key, value in totals.items()}
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA, where cuDNN's NHWC kernels are the fast ones; torch's default elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def prefetch_to(device: torch.device, batches, size: int = 2):
+    """Yield each tuple of `batches` with its tensors on `device`, the next `size` - 1 tuples already
+    on their way (copied from pinned memory asynchronously on CUDA; images channels_last there)."""
+    def move(value):
+        if not isinstance(value, torch.Tensor) or device.type == "cpu":
+            return value
+        layout = memory_format(device) if value.ndim == 4 else torch.preserve_format
+        return value.pin_memory().to(device, non_blocking=True, memory_format=layout)
+
+    iterator = (tuple(move(value) for value in batch) for batch in batches)
+    queue = collections.deque(itertools.islice(iterator, size))
+    while queue:
+        yield queue.popleft()
+        queue.extend(itertools.islice(iterator, 1))
 
 
 # JAX prepares the pixels (the Flax step's own augmentation) for many steps in one call:
@@ -207,10 +250,12 @@ def _nchw(images) -> torch.Tensor:
 
 def evaluate(model, prepare_eval, data: Dataset, batch_size: int, precision: str) -> dict[str, float]:
     """Loss and accuracy sums over the test set."""
-    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    for batch in eval_batches(data.test_images, data.test_labels, batch_size):
-        metrics = eval_step(model, _nchw(prepare_eval(batch["image"])),
-                            torch.from_numpy(batch["label"].astype(np.int64)), torch.from_numpy(batch["mask"]),
-                            precision=precision)
-        totals = {key: totals[key] + metrics[key] for key in totals}
-    return totals
+    device = next(model.parameters()).device
+    totals = None
+    batches = ((_nchw(prepare_eval(batch["image"])), torch.from_numpy(batch["label"].astype(np.int64)),
+                torch.from_numpy(batch["mask"])) for batch in eval_batches(data.test_images, data.test_labels, batch_size))
+    for images, labels, mask in prefetch_to(device, batches):
+        metrics = eval_step(model, images, labels, mask, precision=precision)
+        totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
+    return _host(totals)
+
