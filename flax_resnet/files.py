@@ -2,7 +2,8 @@
 
 Every file the project writes (weights, checkpoints' metadata, config.json, metrics, plots) goes
 through `atomic_file` or `atomic_directory`: written under a temporary name in the same folder,
-then renamed onto the target, so an interrupted write never leaves a half-written file.
+then renamed onto the target, so an interrupted write never leaves a half-written file. Checksums
+(`folder_checksums`, `checksum_problem`) find files damaged after they were written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,3 +90,38 @@ def write_text(path, text: str) -> None:
     """Write `text`, atomically."""
     with atomic_file(path) as temporary:
         Path(temporary).write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums: what a folder held when it was written, and whether it still does
+# ---------------------------------------------------------------------------------------------
+
+def file_checksum(path) -> dict[str, int]:
+    """{'bytes': size, 'crc32': CRC-32 of the contents} of one file."""
+    crc, size = 0, 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+    return {"bytes": size, "crc32": crc}
+
+
+def folder_checksums(folder, *, exclude: tuple[str, ...] = ()) -> dict[str, dict[str, int]]:
+    """`file_checksum` of every file under `folder`, by path relative to it."""
+    folder = Path(folder)
+    return {path.relative_to(folder).as_posix(): file_checksum(path)
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name not in exclude}
+
+
+def checksum_problem(folder, checksums: dict[str, dict[str, int]]) -> str | None:
+    """What differs between the files under `folder` and `checksums` (from `folder_checksums`
+    when they were written), naming the first damaged file; None if every one is intact."""
+    for name, expected in checksums.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} of its {expected['bytes']} bytes"
+        if file_checksum(path)["crc32"] != expected["crc32"]:
+            return f"{name} is garbled (its CRC-32 is not the one written)"
+    return None

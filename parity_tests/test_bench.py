@@ -23,6 +23,7 @@ from flax_resnet.training.device_transforms import eval_transform
 from flax_resnet.training.config import TrainConfig
 from flax_resnet.porting.state_dict import load_torch_state_dict
 from flax_resnet.training.step import data_mesh, jit_train_step, put_batch, split_model
+from parity_tests.relu_patterns import float64_relu_pattern, pinned_flax_relus, pinned_torch_relus
 from parity_tests.twins import make_twins, relative_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,20 +83,25 @@ def test_both_frameworks_see_the_same_pixels():
 
 def test_both_contestants_take_the_same_train_step():
     """The Flax contestant is the library's train step; from twin weights, one SGD step of each gives
-    the same loss and the same new weights."""
+    the same loss and the same new weights (both at a float64 run's ReLU patterns, see
+    parity_tests/relu_patterns.py)."""
     torch_model, flax_model = make_twins("resnet20", seed=2)
     config = timing.BenchConfig("resnet20", batch_size=4, image_size=16)
     pixels, images, labels = timing.bench_batch(config, 3, 10)
+    pattern = float64_relu_pattern(torch_model, images, train=True)
     tx = optax.sgd(0.1, momentum=0.9)
     graphdef, _, state = split_model(flax_model, tx)
     mesh = data_mesh(jax.devices()[:1])
     augment = AugmentSpec(mean=(timing.PIXEL_MEAN,) * 3, std=(timing.PIXEL_STD,) * 3)
-    step = jit_train_step(graphdef, tx, mesh, augment=augment)
-    state, metrics = step(state, put_batch({"image": pixels, "label": labels}, mesh), jax.random.key(0))
+    # A jitted step of its own: the pattern becomes a constant of the compiled program.
+    step = jit_train_step.__wrapped__(graphdef, tx, mesh, augment=augment)
+    with pinned_flax_relus(pattern):
+        state, metrics = step(state, put_batch({"image": pixels, "label": labels}, mesh), jax.random.key(0))
 
     optimizer = torch.optim.SGD(torch_model.parameters(), lr=0.1, momentum=0.9)
     torch_step = torch_benchmark.make_torch_train_step(torch_model, optimizer)
-    torch_loss = torch_step(torch.from_numpy(images), torch.from_numpy(labels).long())
+    with pinned_torch_relus(pattern):
+        torch_loss = torch_step(torch.from_numpy(images), torch.from_numpy(labels).long())
 
     assert relative_error(float(metrics["loss"]) / 4, torch_loss.item()) <= 1e-5
     load_torch_state_dict(flax_model, torch_model.state_dict())  # torch's new weights, Flax layout
@@ -116,3 +122,18 @@ def test_peak_heap_increase_sees_an_allocation():
     size_mib = 64
     peak = timing.peak_heap_increase_mib(lambda: np.ones(size_mib * 2**20 // 8).sum())
     assert size_mib * 0.95 <= peak <= size_mib * 1.5
+
+
+def test_loop_cost_is_the_loop_around_a_step_that_does_nothing():
+    cost = benchmark.measure_loop_cost(image_shape=(4, 4, 1), batch_size=8, steps=3, rounds=1, progress=False)
+    assert (cost["batch_size"], cost["steps_per_epoch"], cost["image_shape"]) == (8, 3, [4, 4, 1])
+    assert cost["loop_step_ms"] > 0 and cost["bare_step_ms"] > 0
+    assert cost["loop_host_ms"] == pytest.approx(cost["loop_step_ms"] - cost["bare_step_ms"])
+    # The table names each target and says how much of its step the loop's host work takes.
+    result = {"model": "resnet20", "batch_size": 8, "image_size": 4, "precision": "fp32", "steps": 1,
+              "load_average_before": 0.0, "load_average_after": 0.0, "environment": timing.environment(),
+              "loop_cost": {"resnet18_cifar_b512": {**cost, "target_step_ms": 17.0, "fraction_of_target": 0.5}},
+              "flax_vs_torch_compile_train": 0.8}
+    table = timing.format_table(result)
+    assert "resnet18_cifar_b512 (8 x 4x4x1)" in table and "50.0% of the 17.0 ms GPU target step" in table
+    assert "Flax / torch.compile, train: 0.80x" in table

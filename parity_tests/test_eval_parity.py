@@ -1,20 +1,32 @@
 """Eval mode: torch weights with random BatchNorm statistics, ported to Flax, give the same outputs.
 
-Every variant, even and odd input sizes, every stage's activation as well as the logits; and the
-way back, Flax -> torch, is bit-exact.
+Every variant, an even and an odd input size, every stage's activation as well as the logits,
+each computed four times: torch and Flax, float64 and float32.
+
+- float64: every stage agrees to FLOAT64_TOLERANCE, which shows the two frameworks compute the
+  same function (float64 rounding through the deepest net stays orders below it, and a wrong
+  padding, layout or statistic is orders above).
+- float32: every stage within 1e-5, or within NOISE_FACTOR times torch's own float32 error
+  against float64 at that stage, whichever is larger: a net so deep that float32 rounding grows
+  past 1e-5 (plain110's third stage) is held to what float32 can resolve, measured here, on the
+  machine that runs the test.
+
+And the way back, Flax -> torch, is bit-exact.
 """
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 
-from flax_resnet.porting.state_dict import to_torch_state_dict
+from flax_resnet.porting import to_torch_state_dict
 from flax_resnet.registry import MODELS
-from parity_tests.twins import input_sizes, make_twins, random_images, relative_error, to_nhwc
+from parity_tests.twins import as_float64, input_sizes, make_twins, random_images, relative_error, to_nhwc
 
 TOLERANCE = 1e-5
-# 110 conv/BN layers accumulate float32 rounding: plain110's layer3 measured 1.09e-5.
-DEEP_CIFAR_TOLERANCE = 2e-5
+FLOAT64_TOLERANCE = 1e-9
+NOISE_FACTOR = 10
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -25,21 +37,36 @@ def twins(request):
     return request.param, torch_model, flax_model
 
 
-def test_every_stage_and_the_logits_match(twins):
+def torch_stages(model, images):
+    with torch.no_grad():
+        return {stage: to_nhwc(value.numpy()) for stage, value in model.stages(torch.from_numpy(images)).items()}
+
+
+def flax_stages(model, images):
+    # Op by op, not jitted: variants share layer shapes, so compiled ops are reused.
+    return {stage: np.asarray(value) for stage, value in model.stages(images).items()}
+
+
+def test_every_stage_and_the_logits_match(twins, float64_enabled):
     name, torch_model, flax_model = twins
+    torch_model64, flax_model64 = copy.deepcopy(torch_model).double(), as_float64(flax_model)
     for height, width in input_sizes(name):
         nchw, nhwc = random_images(name, 2, height, width, seed=height)
-        with torch.no_grad():
-            expected = torch_model.stages(torch.from_numpy(nchw))
-        # Op by op, not jitted: variants share layer shapes, so compiled ops are reused.
-        actual = flax_model.stages(nhwc)
-        assert list(actual) == list(expected)
-        for stage, value in expected.items():
-            value = to_nhwc(value.numpy())
-            assert actual[stage].shape == value.shape, (stage, height, width)
-            error = relative_error(actual[stage], value)
-            tolerance = DEEP_CIFAR_TOLERANCE if name.endswith("110") else TOLERANCE
-            assert error <= tolerance, f"{name} {stage} at {height}x{width}: {error:.2e}"
+        exact = torch_stages(torch_model64, nchw.astype(np.float64))
+        torch32 = torch_stages(torch_model, nchw)
+        flax64 = flax_stages(flax_model64, nhwc.astype(np.float64))
+        flax32 = flax_stages(flax_model, nhwc)
+        assert list(flax32) == list(flax64) == list(exact)
+        for stage, reference in exact.items():
+            where = f"{name} {stage} at {height}x{width}"
+            assert flax32[stage].shape == flax64[stage].shape == reference.shape, where
+            assert flax32[stage].dtype == np.float32 and flax64[stage].dtype == np.float64, where
+            error64 = relative_error(flax64[stage], reference)
+            assert error64 <= FLOAT64_TOLERANCE, f"{where}, float64: {error64:.2e}"
+            error = relative_error(flax32[stage], torch32[stage])
+            torch_rounding = relative_error(torch32[stage], reference)
+            allowed = max(TOLERANCE, NOISE_FACTOR * torch_rounding)
+            assert error <= allowed, f"{where}, float32: {error:.2e} (torch's own float32 error {torch_rounding:.2e})"
 
 
 def test_round_trip_torch_flax_torch_is_bit_exact(twins):

@@ -25,7 +25,6 @@ from flax_resnet.studies.gradient_flow import count_parameters, layer_gradient_n
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict
 from flax_resnet.training.loop import build_model
 from flax_resnet.training.setup import prepare_run
-from parity_tests.training_fixtures import mnist_dir  # noqa: F401 - a fixture
 from parity_tests.twins import relative_error
 from torch_ref.studies import gradient_flow as torch_experiments
 

@@ -14,7 +14,7 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet import layers
+from flax_resnet.models import layers
 from flax_resnet.porting.state_dict import from_torch_layout, load_torch_state_dict, to_torch_layout
 from parity_tests.twins import make_twins, random_images, relative_error
 

@@ -3,6 +3,8 @@
 Shapes come from abstract evaluation (jax.eval_shape, torch's meta device): no arithmetic.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -22,9 +24,20 @@ SIZES = {
 IMAGENET_SIZES = [(224, 224), (97, 123), (33, 33), (1, 1)]
 
 
+@functools.lru_cache(maxsize=2)
+def abstract_flax_model(name):
+    """(graphdef, state of jax.ShapeDtypeStructs): the model built without computing anything."""
+    return nnx.split(nnx.eval_shape(lambda: flax_resnet.create_model(name, rngs=nnx.Rngs(0))))
+
+
+@functools.lru_cache(maxsize=2)
+def meta_torch_model(name):
+    with torch.device("meta"):
+        return torch_ref.create_model(name)
+
+
 def flax_stage_shapes(name, height, width):
-    model = nnx.eval_shape(lambda: flax_resnet.create_model(name, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
+    graphdef, state = abstract_flax_model(name)
     images = jax.ShapeDtypeStruct((2, height, width, input_channels(name)), jnp.float32)
 
     def stages(state, images):
@@ -35,8 +48,7 @@ def flax_stage_shapes(name, height, width):
 
 def torch_stage_shapes(name, height, width):
     with torch.device("meta"):
-        model = torch_ref.create_model(name)
-        out = model.stages(torch.empty(2, input_channels(name), height, width))
+        out = meta_torch_model(name).stages(torch.empty(2, input_channels(name), height, width))
     return {k: tuple(v.shape) for k, v in out.items()}
 
 

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_resnet.training import device_transforms as augment
+from flax_resnet.training import device_transforms
+from flax_resnet.training.augment import AugmentSpec
 from flax_resnet.training.data import DataError, load_dataset
 from parity_tests.training_fixtures import make_cifar_folder, make_mnist_folder
 
@@ -122,7 +123,7 @@ def test_unknown_dataset_names_the_choices(tmp_path):
 
 def test_random_crop_cuts_a_window_of_the_zero_padded_image():
     images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3)) + 1.0  # no zeros of its own
-    cropped = np.asarray(augment.random_crop(jax.random.key(1), images, 2))
+    cropped = np.asarray(device_transforms.random_crop(jax.random.key(1), images, 2))
     padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
     offsets = set()
     for image, crop in zip(padded, cropped):
@@ -134,7 +135,7 @@ def test_random_crop_cuts_a_window_of_the_zero_padded_image():
 
 def test_random_flip_mirrors_about_half_the_images():
     images = jax.random.uniform(jax.random.key(0), (64, 5, 7, 1))
-    flipped = np.asarray(augment.random_flip(jax.random.key(2), images))
+    flipped = np.asarray(device_transforms.random_flip(jax.random.key(2), images))
     mirrored = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, np.asarray(images))]
     same = [np.array_equal(f, i) for f, i in zip(flipped, np.asarray(images))]
     assert all(m != s for m, s in zip(mirrored, same))
@@ -142,12 +143,12 @@ def test_random_flip_mirrors_about_half_the_images():
 
 
 def test_transforms_normalize_resize_and_are_deterministic():
-    spec = augment.AugmentSpec(mean=(0.25,), std=(0.5,), crop_padding=2, flip=True, image_size=12)
+    spec = AugmentSpec(mean=(0.25,), std=(0.5,), crop_padding=2, flip=True, image_size=12)
     images = np.random.default_rng(0).integers(0, 256, (4, 6, 6, 1), dtype=np.uint8)
-    evaluated = np.asarray(augment.eval_transform(images, spec))
+    evaluated = np.asarray(device_transforms.eval_transform(images, spec))
     expected = (np.asarray(jax.image.resize(images / 255.0, (4, 12, 12, 1), "linear")) - 0.25) / 0.5
     np.testing.assert_allclose(evaluated, expected, rtol=1e-5, atol=1e-6)
-    first = augment.train_transform(jax.random.key(3), images, spec, jnp.bfloat16)
-    second = augment.train_transform(jax.random.key(3), images, spec, jnp.bfloat16)
+    first = device_transforms.train_transform(jax.random.key(3), images, spec, jnp.bfloat16)
+    second = device_transforms.train_transform(jax.random.key(3), images, spec, jnp.bfloat16)
     assert first.shape == (4, 12, 12, 1) and first.dtype == jnp.bfloat16
     assert np.array_equal(np.asarray(first, np.float32), np.asarray(second, np.float32))

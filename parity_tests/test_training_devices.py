@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from flax_resnet.training import train
-from parity_tests.training_fixtures import mnist_dir, tiny  # noqa: F401 - a fixture
+from parity_tests.training_fixtures import tiny
 
 REPO = Path(__file__).resolve().parent.parent
 TWO_DEVICES = """
@@ -31,7 +31,7 @@ print(json.dumps(train(TrainConfig.from_json(json.loads(sys.argv[1]))).history))
 """
 
 
-def test_two_devices_match_one(mnist_dir, tmp_path):  # noqa: F811
+def test_two_devices_match_one(mnist_dir, tmp_path):
     assert jax.device_count() == 1
     # A small lr: with random labels a large one makes training chaotic, and 1e-7 summation-order
     # differences between the two programs grow past any tolerance within a few steps.

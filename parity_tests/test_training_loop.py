@@ -22,7 +22,7 @@ from flax_resnet.porting.state_dict import to_torch_state_dict
 from flax_resnet.registry import MODELS
 from flax_resnet.training import train
 from flax_resnet.training.workdir import TrainingDiverged
-from parity_tests.training_fixtures import assert_same_history, mnist_dir, tiny  # noqa: F401 - a fixture
+from parity_tests.training_fixtures import assert_same_history, read_events, scalars, tiny
 from parity_tests.twins import relative_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,15 @@ def test_run_writes_every_output(mnist_dir, tmp_path):
     assert config["model"] == "mnist_resnet" and config["model_kwargs"] == {"num_classes": 10, "in_channels": 1}
     assert config["batch_size"] == 16 and config["augment"]["crop_padding"] == 2
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1", "2"]
+    assert sorted(int(name) for name in os.listdir(tmp_path / "run" / "checkpoints")) == [4, 8]  # train steps
+
+    # TensorBoard: every step's loss and lr, and each epoch's record at its step count.
+    events = read_events(tmp_path / "run")
+    assert sorted(scalars(events, "train/loss")) == list(range(1, 9)) and scalars(events, "train/images_per_sec")
+    assert scalars(events, "train/lr")[1] == pytest.approx(0.02)  # the cosine schedule's first update
+    for record in result.history:
+        for key in ("train_loss", "test_loss", "test_accuracy", "lr"):
+            assert scalars(events, f"epoch/{key}")[record["step"]] == pytest.approx(record[key], rel=1e-6), key
 
     # The exported weights load strictly into the torch twin, and compute what the Flax model computes.
     torch_model = torch_ref.create_model(config["model"], **config["model_kwargs"])
@@ -70,11 +78,15 @@ def test_resume_after_interrupt_matches_uninterrupted(mnist_dir, tmp_path):
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
     resumed = train(tiny(mnist_dir, tmp_path / "split", keep_checkpoints=1))
     assert_same_history(resumed.history, whole.history)
+    # The resumed run's event file tells TensorBoard to drop points after step 4 from earlier files.
+    events = read_events(tmp_path / "split")
+    assert any(e.session_log.status == e.session_log.START and e.step == 5 for e in events)
+    assert sorted(scalars(events, "train/loss")) == list(range(1, 13))
     for key, value in to_torch_state_dict(whole.model).items():
         np.testing.assert_array_equal(to_torch_state_dict(resumed.model)[key], value, err_msg=key)
-    # keep_checkpoints=1 keeps the latest and the best.
+    # keep_checkpoints=1 keeps the latest and the best (named by train step: 4 an epoch).
     best = max(whole.history, key=lambda r: r["test_accuracy"])["epoch"]
-    assert sorted(int(p) for p in os.listdir(tmp_path / "whole" / "checkpoints")) == sorted({3, best})
+    assert sorted(int(p) for p in os.listdir(tmp_path / "whole" / "checkpoints")) == sorted({12, 4 * best})
 
 
 def test_finished_run_continues_and_divergence_keeps_the_last_good_checkpoint(mnist_dir, tmp_path):
@@ -89,9 +101,9 @@ def test_finished_run_continues_and_divergence_keeps_the_last_good_checkpoint(mn
 
     workdir = tmp_path / "grown"
     weights = (workdir / "model.safetensors").read_bytes()
-    with pytest.raises(TrainingDiverged, match=r"diverged.*epoch 4.*last good checkpoint \(epoch 3\)"):
+    with pytest.raises(TrainingDiverged, match=r"diverged.*epoch 4.*last good checkpoint \(after epoch 3\)"):
         train(tiny(mnist_dir, workdir, epochs=5, **{**settings, "lr": 1e4}))
-    assert "3" in os.listdir(workdir / "checkpoints") and "4" not in os.listdir(workdir / "checkpoints")
+    assert "12" in os.listdir(workdir / "checkpoints") and "16" not in os.listdir(workdir / "checkpoints")
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 3
     assert (workdir / "model.safetensors").read_bytes() == weights
 
@@ -146,6 +158,12 @@ def test_script_refuses_bad_settings_in_one_line(tmp_path):
     (("--schedule", "multistep", "--milestones", "3", "2"), "milestones must be increasing epochs"),
     (("--batch-size", "1000"), "batch_size 1000 is larger than the 64 training images of mnist"),
     (("--image-size", "32"), "mnist_resnet cannot take 32x32x1 images"),
+    (("--coordinator-address", "127.0.0.1:1234", "--num-processes", "2"),
+     "give coordinator_address, num_processes and process_id together"),
+    (("--framework", "torch", "--coordinator-address", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "0"),
+     "the torch trainer runs in one process"),
+    (("--coordinator-address", "localhost", "--num-processes", "2", "--process-id", "2"),
+     "coordinator_address must be HOST:PORT"),
 ])
 def test_bad_settings_are_refused(argv, message, mnist_dir, tmp_path, capsys):
     code, stderr = run_script_in_process(capsys, "--dataset", "mnist", "--data-dir", str(mnist_dir), *argv,
@@ -158,5 +176,5 @@ def test_script_reports_divergence_without_a_traceback(mnist_dir, tmp_path, caps
     code, stderr = run_script_in_process(capsys, "--dataset", "mnist", "--data-dir", str(mnist_dir),
                                          "--batch-size", "16", "--lr", "1e4", "--epochs", "1", "--no-progress",
                                          "--workdir", str(tmp_path / "nan"))
-    assert code == 1 and "training diverged" in stderr and "no epoch finished" in stderr
+    assert code == 1 and "training diverged" in stderr and "no checkpoint was written yet" in stderr
     assert "Traceback" not in stderr and not (tmp_path / "nan" / "metrics.jsonl").exists()

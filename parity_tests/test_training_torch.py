@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 import torch_ref
 from flax_resnet.training.config import TrainConfig
 from flax_resnet.training import train
-from parity_tests.training_fixtures import assert_same_history, mnist_dir, tiny  # noqa: F401 - a fixture
+from parity_tests.training_fixtures import assert_same_history, tiny
 from parity_tests.twins import relative_error
 
 
-def test_torch_trainer_follows_the_flax_trainer(mnist_dir, tmp_path):  # noqa: F811
+def test_torch_trainer_follows_the_flax_trainer(mnist_dir, tmp_path):
     """Same data order, augmentation, initial weights, SGD with momentum and weight decay, cosine
     schedule: per-epoch metrics and final weights agree closely."""
     settings = dict(epochs=2, momentum=0.9, weight_decay=5e-4, crop_padding=2)
@@ -41,7 +41,7 @@ def test_torch_trainer_follows_the_flax_trainer(mnist_dir, tmp_path):  # noqa: F
     torch_ref.create_model(config["model"], **config["model_kwargs"]).load_state_dict(torch_weights, strict=True)
 
 
-def test_torch_resume_matches_uninterrupted(mnist_dir, tmp_path):  # noqa: F811
+def test_torch_resume_matches_uninterrupted(mnist_dir, tmp_path):
     config = dict(framework="torch", keep_checkpoints=1, optimizer="adam", weight_decay=1e-4)
     whole = train(tiny(mnist_dir, tmp_path / "whole", **config))
 
@@ -56,6 +56,6 @@ def test_torch_resume_matches_uninterrupted(mnist_dir, tmp_path):  # noqa: F811
     for key, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
     best = max(whole.history, key=lambda r: r["test_accuracy"])["epoch"]
-    kept = sorted(os.listdir(tmp_path / "whole" / "checkpoints"))
-    assert kept == sorted({f"epoch_{3:04d}.pt", f"epoch_{best:04d}.pt"})
+    kept = sorted(os.listdir(tmp_path / "whole" / "checkpoints"))  # named by train step: 4 an epoch
+    assert kept == sorted(f"step_{4 * epoch:08d}.{suffix}" for epoch in {3, best} for suffix in ("pt", "json"))
     assert TrainConfig.from_json(json.loads((tmp_path / "split" / "config.json").read_text())).framework == "torch"

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from flax_resnet.training.config import TrainConfig
 
@@ -79,3 +82,27 @@ def assert_same_history(actual, expected, rtol=1e-6):
         for key in want:
             if key not in TIMING:
                 assert got[key] == pytest.approx(want[key], rel=rtol, abs=1e-7), (got["epoch"], key)
+
+
+def exported_weights(workdir) -> dict[str, np.ndarray]:
+    """A run folder's model.safetensors."""
+    return load_file(Path(workdir) / "model.safetensors")
+
+
+def read_events(workdir) -> list:
+    """Every TensorBoard Event in a run folder's event files, file by file in the order written."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    for path in sorted(Path(workdir).glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset + 12 <= len(data):  # records: length, its CRC, the bytes, their CRC
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            events.append(Event.FromString(data[offset + 12:offset + 12 + length]))
+            offset += 12 + length + 4
+    return events
+
+
+def scalars(events, tag: str) -> dict[int, float]:
+    """{step: value} of one tag (a later write of a step wins, as TensorBoard shows it)."""
+    return {event.step: value.simple_value for event in events for value in event.summary.value if value.tag == tag}

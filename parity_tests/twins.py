@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
@@ -38,6 +40,13 @@ def make_twins(name: str, seed: int = 0, **kwargs):
     flax_model = nnx.eval_shape(lambda: flax_resnet.create_model(name, rngs=nnx.Rngs(seed), **kwargs))
     load_torch_state_dict(flax_model, torch_model.state_dict())
     return torch_model, flax_model
+
+
+def as_float64(flax_model: nnx.Module) -> nnx.Module:
+    """A copy of the model with every floating-point value in float64 (jax_enable_x64 must be on)."""
+    graphdef, state = nnx.split(flax_model)
+    state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+    return nnx.merge(graphdef, state)
 
 
 def input_channels(name: str, **kwargs) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tqdm import tqdm  # noqa: E402
 
 from flax_resnet.registry import MODELS, OPTION_CHOICES  # noqa: E402
 from flax_resnet.studies.timing import PRECISIONS, BenchConfig, format_table  # noqa: E402
+from flax_resnet.training.config import DEVICES  # noqa: E402
 
 
 def _bool(text: str) -> bool:
@@ -57,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also time the Flax steps as plain lax code compiled with XLA's defaults")
     parser.add_argument("--no-loop", action="store_true",
                         help="skip timing scripts/train.py's training loop against its bare step")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto (a GPU if the frameworks see one), cpu or gpu")
+    parser.add_argument("--tf32", action="store_true",
+                        help="TF32 for float32 matmuls and convolutions on NVIDIA GPUs, in both frameworks")
+    parser.add_argument("--torch-channels-last", action="store_true",
+                        help="add torch eager in channels_last, and run torch.compile channels_last")
     return parser.parse_args(argv)
 
 
@@ -67,13 +75,15 @@ def main(argv=None) -> int:
         model=args.model, options=options, batch_size=args.batch_size, image_size=args.image_size,
         precision=args.precision, steps=args.steps, warmup=max(args.warmup, 0),
         torch_compile=not args.no_torch_compile, train=not args.eval_only, eval=not args.train_only,
-        untuned=args.untuned,
+        untuned=args.untuned, device=args.device, tf32=args.tf32, torch_channels_last=args.torch_channels_last,
     )
     if args.train_only and args.eval_only:
         print("error: --train-only and --eval-only leave nothing to measure", file=sys.stderr)
         return 2
+    # Both frameworks share one GPU here: JAX must not take 75 % of its memory up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     # Imported after the arguments are checked: JAX and torch take seconds to load.
-    from flax_resnet.studies.benchmark import measure_training_loop
+    from flax_resnet.studies.benchmark import measure_loop_costs, measure_training_loop
     from flax_resnet.studies.timing import run_benchmark
 
     with tqdm(desc="bench", unit="stage", leave=False) as bar:
@@ -86,7 +96,9 @@ def main(argv=None) -> int:
             if not args.no_loop:
                 progress("timing the training loop of scripts/train.py")
                 result.update(measure_training_loop())
-        except ValueError as error:  # a model that does not take an option, a bad size
+                progress("timing the training loop around a step that does nothing")
+                result.update(measure_loop_costs())
+        except ValueError as error:  # an option a model does not take, a bad size, no GPU (ConfigError)
             bar.close()
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -1,11 +1,15 @@
-"""Port ResNet weights between PyTorch-layout files and Flax checkpoints, in any direction.
+"""Port ResNet weights between the files people have and Flax checkpoints, in any direction.
 
     python scripts/port_weights.py SRC DST [--model NAME] [--num-classes N] [--in-channels C]
-        [--stem {imagenet,cifar}] [--maxpool | --no-maxpool] [--shortcut {A,B}]
-        [--verify] [--tolerance T] [--force]
+        [--stem {imagenet,cifar}] [--maxpool | --no-maxpool] [--shortcut {A,B}] [--key NAME]
+        [--layout {torchvision,source,transformers}] [--verify] [--tolerance T] [--force]
 
-A path ending in .pth, .pt or .safetensors is a PyTorch-layout file; any other path is a Flax
-checkpoint directory. Without --model the variant is inferred from the file's keys and shapes.
+SRC: a PyTorch file of any name (recognised by its content), a transformers or timm directory
+(config.json beside model.safetensors or pytorch_model.bin), a Flax checkpoint directory, or a
+training run's folder. DST: a file ending in .pth, .pt or .safetensors; with --layout
+transformers (or --layout source from a transformers SRC) a directory that transformers'
+from_pretrained loads; any other path is a Flax checkpoint directory. Without --model the variant
+is inferred from what SRC says and its keys and shapes.
 Exit status: 0 done; 1 bad input (one message on stderr); 2 bad arguments; 3 --verify found a
 divergence. DST is written only when everything succeeded, and replaced only with --force.
 """
@@ -18,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.porting.port import PortError, port  # noqa: E402
+from flax_resnet.porting.port import LAYOUT_CHOICES, PortError, port  # noqa: E402
 from flax_resnet.porting.verify import DEFAULT_TOLERANCE  # noqa: E402
 
 
@@ -26,8 +30,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Exit status: 0 done, 1 bad input, 2 bad arguments, 3 --verify found a divergence.")
-    parser.add_argument("src", help="a .pth / .pt / .safetensors file or a Flax checkpoint directory")
-    parser.add_argument("dst", help="where to write: a file name with one of those endings or a directory")
+    parser.add_argument("src", help="a PyTorch file, a transformers / timm directory, a Flax checkpoint "
+                                    "or a run folder")
+    parser.add_argument("dst", help="a .pth / .pt / .safetensors file name, or a directory")
     parser.add_argument("--model", help="variant name (default: inferred from the weights)")
     parser.add_argument("--num-classes", type=int, help="default: from the classifier's shape")
     parser.add_argument("--in-channels", type=int, help="default: from the first conv's shape")
@@ -36,6 +41,12 @@ def parse_args(argv):
                         help="max-pool after the stem (the weights cannot show it; default: the "
                              "variant's, on after the imagenet stem)")
     parser.add_argument("--shortcut", choices=("A", "B"), help="CIFAR nets' shortcut kind")
+    parser.add_argument("--key", metavar="NAME",
+                        help="the entry of a saved dict that holds the state_dict (default: the dict "
+                             "itself, or 'state_dict', 'model_state_dict', 'model', 'net')")
+    parser.add_argument("--layout", choices=LAYOUT_CHOICES,
+                        help="key names of a PyTorch DST: torchvision (default; torch_ref's), source "
+                             "(SRC's own: module., shortcut, linear, transformers'), transformers")
     parser.add_argument("--verify", action="store_true",
                         help="run both frameworks on a random batch; fail above --tolerance")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,

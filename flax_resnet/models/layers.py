@@ -63,13 +63,20 @@ def linear(in_features, out_features, *, rngs):
     )
 
 
+def _affine(x, multiplier, shift):
+    """x * multiplier + shift per channel, computed in at least float32 and rounded once."""
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return (x32 * multiplier + shift).astype(x.dtype)
+
+
 class BatchNorm(nnx.Module):
     """BatchNorm2d as torch computes it, over every axis but the last.
 
     Training normalizes with the biased batch variance and moves the running variance toward the
     *unbiased* one, as torch does (stock Flax uses the biased one, so running statistics drift apart).
     `momentum` is torch's: running = (1 - momentum) * running + momentum * batch.
-    Statistics are computed in at least float32 whatever the input dtype.
+    Statistics and the normalization are computed in at least float32 whatever the input dtype;
+    a bf16 output is rounded once.
     """
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
@@ -96,12 +103,14 @@ class BatchNorm(nnx.Module):
             count = x.size // x.shape[-1]
             unbiased_var = var * (count / max(count - 1, 1))
             m = self.momentum
-            self.mean[...] = (1 - m) * self.mean[...] + m * mean
-            self.var[...] = (1 - m) * self.var[...] + m * unbiased_var
-            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
-        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
-        shift = self.bias[...] - mean * inv
-        return (x * inv.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
+            # set_value, not `[...] =`: an indexed set compares the value's sharding, and on a
+            # tracer that builds an error message by scanning the whole trace so far, which made
+            # tracing a deep net's train step quadratic in its depth.
+            self.mean.set_value((1 - m) * self.mean[...] + m * mean)
+            self.var.set_value((1 - m) * self.var[...] + m * unbiased_var)
+            self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
+        inv = lax.rsqrt(var + self.epsilon) * self.scale[...]
+        return _affine(x, inv, self.bias[...] - mean * inv)
 
 
 def max_pool(x, kernel_size: int, stride: int, padding: int = 0):
@@ -112,6 +121,11 @@ def max_pool(x, kernel_size: int, stride: int, padding: int = 0):
     # A Python -inf (not an array) lets JAX see a max-pool and use its gradient rule; an array
     # init value makes it a generic reduce_window, which jit(grad(...)) cannot differentiate.
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), pad)
+
+
+def relu(x):
+    """nn.ReLU as a layer of an nnx.Sequential (the d2l net's stem)."""
+    return jax.nn.relu(x)
 
 
 def global_avg_pool(x):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_resnet.models.layers import BatchNorm, conv, global_avg_pool, linear, max_pool
+from flax_resnet.models.layers import BatchNorm, conv, global_avg_pool, linear, max_pool, relu
 
 
 class D2LResidual(nnx.Module):
@@ -62,7 +62,7 @@ class D2LResNet18(nnx.Sequential):
         b1 = nnx.Sequential(
             conv(in_channels, 64, 7, stride=2, bias=True, init="torch", rngs=rngs),
             BatchNorm(64),
-            jax.nn.relu,
+            relu,
             functools.partial(max_pool, kernel_size=3, stride=2, padding=1),
         )
         b2 = _d2l_stage(64, 64, 2, first=True, rngs=rngs)

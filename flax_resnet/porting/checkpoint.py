@@ -1,10 +1,15 @@
 """Flax checkpoints of a whole model: one directory that `load` turns back into the model.
 
-    DIR/model.json   which variant: {"format", "version", "model", "model_kwargs"}
+    DIR/model.json   which variant: {"format", "version", "model", "model_kwargs"[, "source"]}
     DIR/state/       parameters and BatchNorm statistics (orbax, the nnx state as a pure dict)
+    DIR/files.json   the size and CRC-32 of every file in state/, checked before orbax reads any:
+                     orbax would load garbled array data silently, and a failed read leaves its
+                     other reads pending on a closed event loop ("Event loop is closed" tracebacks)
 
 `model_kwargs` are `create_model`'s keyword arguments with every default filled in
-(num_classes, in_channels and the variant's options), so loading needs no flags.
+(num_classes, in_channels and the variant's options), so loading needs no flags. The optional
+`source` says where ported weights came from (`porting.sources.Source.record`): their key
+spelling, a hub's config, the preprocessing they expect and the class names.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.files import PathError, atomic_directory, summarize
+from flax_resnet.files import PathError, atomic_directory, checksum_problem, folder_checksums, summarize, write_json
 from flax_resnet.models import attach_recipe, create_model, model_recipe
 from flax_resnet.registry import resolve
 
@@ -29,6 +34,7 @@ FORMAT = "flax_resnet.checkpoint"
 VERSION = 1
 METADATA_FILE = "model.json"
 STATE_DIR = "state"
+CHECKSUMS_FILE = "files.json"
 
 
 class CheckpointError(PathError):
@@ -60,13 +66,14 @@ def model_skeleton(name: str, **kwargs) -> nnx.Module:
 
 
 def save(model: nnx.Module, path, *, model_name: str | None = None,
-         model_kwargs: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
+         model_kwargs: Mapping[str, Any] | None = None, overwrite: bool = False,
+         source: Mapping[str, Any] | None = None) -> None:
     """Write the model's parameters and BatchNorm statistics, and what variant it is, to `path`.
 
     The variant comes from `model_name` / `model_kwargs` or else from the model itself (a model
     made by `load`, or by `create_model` once it records its recipe). The directory appears
     complete or not at all. An existing checkpoint is replaced only with `overwrite=True`, and a
-    path that exists but is not a checkpoint never is.
+    path that exists but is not a checkpoint never is. `source` (JSON values) is kept in model.json.
     """
     path = os.fspath(path)
     name, kwargs = _variant_of(model, model_name, model_kwargs)
@@ -77,6 +84,8 @@ def save(model: nnx.Module, path, *, model_name: str | None = None,
                          f"{_tree_difference(actual, expected, 'model', 'variant')}")
     _check_target(path, overwrite)
     metadata = {"format": FORMAT, "version": VERSION, "model": name, "model_kwargs": kwargs}
+    if source:
+        metadata["source"] = dict(source)
     with atomic_directory(path) as temporary:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.abspath(os.path.join(temporary, STATE_DIR)),
@@ -85,16 +94,31 @@ def save(model: nnx.Module, path, *, model_name: str | None = None,
         with open(os.path.join(temporary, METADATA_FILE), "w") as handle:
             json.dump(metadata, handle, indent=2)
             handle.write("\n")
+        write_json(os.path.join(temporary, CHECKSUMS_FILE), folder_checksums(os.path.join(temporary, STATE_DIR)))
 
 
 def read_metadata(path) -> tuple[str, dict[str, Any]]:
     """`(model name, create_model kwargs)` of a checkpoint; CheckpointError if it is not one."""
+    metadata = _read_metadata_file(path)
+    try:
+        return metadata["model"], full_kwargs(metadata["model"], metadata["model_kwargs"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(path, f"{METADATA_FILE} names no valid variant ({error})") from None
+
+
+def read_source_record(path) -> dict[str, Any] | None:
+    """The `source` record saved with a checkpoint, or None; CheckpointError if it is not one."""
+    source = _read_metadata_file(path).get("source")
+    return dict(source) if isinstance(source, dict) else None
+
+
+def _read_metadata_file(path) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(path, "no such checkpoint directory")
     if not os.path.isdir(path):
-        raise CheckpointError(path, "not a Flax checkpoint directory (PyTorch files end in "
-                                    ".pth, .pt or .safetensors)")
+        raise CheckpointError(path, "not a Flax checkpoint directory, and not a PyTorch file (it "
+                                    "holds neither a zip, a pickle nor safetensors)")
     if not is_checkpoint(path):
         raise CheckpointError(path, f"not a flax_resnet checkpoint: no {METADATA_FILE} in it")
     try:
@@ -107,10 +131,7 @@ def read_metadata(path) -> tuple[str, dict[str, Any]]:
     if metadata.get("version") != VERSION:
         raise CheckpointError(path, f"checkpoint version {metadata.get('version')!r} is not "
                                     f"supported (this code reads version {VERSION})")
-    try:
-        return metadata["model"], full_kwargs(metadata["model"], metadata["model_kwargs"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(path, f"{METADATA_FILE} names no valid variant ({error})") from None
+    return metadata
 
 
 def load(path) -> nnx.Module:
@@ -128,6 +149,7 @@ def load(path) -> nnx.Module:
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
                           nnx.to_pure_dict(state))
     state_dir = os.path.abspath(os.path.join(path, STATE_DIR))
+    _check_files(path, state_dir)
     try:
         with _orbax_warnings_silenced(), ocp.StandardCheckpointer() as checkpointer:
             stored = checkpointer.metadata(state_dir).item_metadata
@@ -153,6 +175,19 @@ def load(path) -> nnx.Module:
     model = nnx.merge(graphdef, state)
     attach_recipe(model, name, kwargs)
     return model
+
+
+def _check_files(path: str, state_dir: str) -> None:
+    checksums_path = os.path.join(path, CHECKSUMS_FILE)
+    if not os.path.exists(checksums_path):
+        return  # written before checksums were: orbax alone judges the files
+    try:
+        with open(checksums_path) as handle:
+            problem = checksum_problem(state_dir, json.load(handle))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(path, f"unreadable {CHECKSUMS_FILE} ({error})") from None
+    if problem is not None:
+        raise CheckpointError(path, f"damaged checkpoint: {STATE_DIR}/{problem}")
 
 
 def describe(name: str, kwargs: Mapping[str, Any]) -> str:

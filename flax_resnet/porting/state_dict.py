@@ -6,13 +6,15 @@ renaming the leaf; values change layout by their kind alone. No model needs code
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from flax_resnet.files import summarize
+from flax_resnet.porting.layouts import canonical_key
 
 # Flax leaf name -> torch leaf name.
 LEAF_NAMES = {
@@ -23,13 +25,6 @@ LEAF_NAMES = {
     "var": "running_var",
     "num_batches_tracked": "num_batches_tracked",
 }
-
-# Spellings of the same keys found in the checkpoints people have, rewritten on the way in.
-KEY_ALIASES = (
-    (re.compile(r"^(module\.)+"), ""),  # DataParallel / DistributedDataParallel
-    (re.compile(r"(^|\.)shortcut\."), r"\1downsample."),  # seed 004 and many CIFAR repositories
-    (re.compile(r"^linear\."), "fc."),  # CIFAR repositories name the classifier `linear`
-)
 
 
 class StateDictMismatchError(ValueError):
@@ -45,6 +40,19 @@ class StateDictMismatchError(ValueError):
         for key, got, want in self.mismatched:
             lines.append(f"  shape mismatch for {key}: checkpoint {got}, model {want}")
         super().__init__("\n".join(lines))
+
+    def summary(self, limit: int = 3) -> str:
+        """The same facts on one line: '2 missing key(s): a, b; fc.weight has shape ... in the file'."""
+        problems = []
+        if self.missing:
+            problems.append(f"{len(self.missing)} missing key(s): {summarize(self.missing)}")
+        if self.unexpected:
+            problems.append(f"{len(self.unexpected)} unexpected key(s): {summarize(self.unexpected)}")
+        for key, got, want in self.mismatched[:limit]:
+            problems.append(f"{key} has shape {got} in the file, {want} in the model")
+        if len(self.mismatched) > limit:
+            problems.append(f"and {len(self.mismatched) - limit} more shape mismatches")
+        return "; ".join(problems)
 
 
 def torch_key(path: tuple) -> str:
@@ -72,13 +80,6 @@ def from_torch_layout(value: np.ndarray, leaf: str) -> np.ndarray:
     if leaf == "kernel" and value.ndim == 2:
         return value.T
     return value
-
-
-def canonical_key(key: str) -> str:
-    """Rewrite a checkpoint key spelled another common way into the twin's spelling."""
-    for pattern, replacement in KEY_ALIASES:
-        key = pattern.sub(replacement, key)
-    return key
 
 
 def _variables(model: nnx.Module) -> Iterator[tuple[tuple, nnx.Variable]]:
@@ -129,7 +130,8 @@ def _as_numpy(value: Any) -> np.ndarray:
 def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> None:
     """Copy a torch-layout state_dict into the model, in place and strictly.
 
-    Keys may carry `module.` prefixes and `shortcut.` / `linear.` spellings (see KEY_ALIASES). A
+    Keys may carry `module.` prefixes and `shortcut.` / `linear.` spellings (`layouts.canonical_key`); other
+    layouts (transformers') are respelled first with `layouts.to_twin`. A
     missing `num_batches_tracked` counts as 0, as torch itself allows for old checkpoints. Any
     other mismatch raises one StateDictMismatchError listing every missing, unexpected and
     mis-shaped key, and the model is left unchanged.

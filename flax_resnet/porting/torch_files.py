@@ -1,9 +1,11 @@
-"""Read and write PyTorch-layout weight files: `.pth` / `.pt` (pickle) and `.safetensors`.
+"""Read and write PyTorch-layout weight files: `.pth` / `.pt` / `.bin` / `.th` (pickle) and `.safetensors`.
 
 A `.pth` file is a pickle, and unpickling can run code. It is only ever read with
 `torch.load(..., weights_only=True)`, which refuses anything but tensors and plain containers
-before running it. Every problem with a file is a `WeightFileError` whose message names the file.
-Writes go to a temporary file in the same folder that replaces the target only once complete.
+before running it. A file is recognised by its content (zip or pickle magic, or a safetensors
+header), so `checkpoint.th` and `pytorch_model.bin` read like any `.pth`. Every problem with a
+file is a `WeightFileError` whose message names the file. Writes go to a temporary file in the
+same folder that replaces the target only once complete.
 """
 
 from __future__ import annotations
@@ -23,40 +25,76 @@ import torch
 from flax_resnet.files import PathError, atomic_file, summarize
 
 TORCH_SUFFIXES = (".pth", ".pt", ".safetensors")
-# Where training scripts commonly put the state_dict inside a saved dict, in the order tried.
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+# Where training scripts commonly put the state_dict inside a saved dict, in the order tried
+# ('net': kuangliu/pytorch-cifar's {'net', 'acc', 'epoch'}).
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 DATA_PARALLEL_PREFIX = "module."
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6
+PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")  # the legacy format is a pickle from its first byte
 
 
 class WeightFileError(PathError):
     """A weight file that cannot be used; the message names the file and the problem."""
 
 
+class NoStateDictError(WeightFileError):
+    """A readable file with no state_dict where one is looked for; `keys` are its top-level keys."""
+
+    def __init__(self, path, problem: str, keys: list):
+        super().__init__(path, problem)
+        self.keys = keys
+
+
 def is_torch_file(path) -> bool:
-    """True for a path ending in .pth, .pt or .safetensors (any other path is a Flax checkpoint)."""
-    return os.fspath(path).lower().endswith(TORCH_SUFFIXES)
+    """True for a path ending in .pth, .pt or .safetensors, or an existing file of any name that
+    holds a zip, a pickle or safetensors (a Flax checkpoint is a directory)."""
+    path = os.fspath(path)
+    return path.lower().endswith(TORCH_SUFFIXES) or file_format(path) is not None
 
 
-def read_torch_file(path, *, check_finite: bool = True) -> dict[str, np.ndarray]:
+def file_format(path) -> str | None:
+    """'safetensors' or 'pickle' (torch.save's zip or legacy pickle) from the first bytes, else None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return None
+    if head.startswith(ZIP_MAGIC) or PICKLE_MAGIC.match(head):
+        return "pickle"
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30:
+        return "safetensors"
+    return None
+
+
+def read_torch_file(path, *, key: str | None = None, check_finite: bool = True,
+                    keep_prefix: bool = False) -> dict[str, np.ndarray]:
     """A PyTorch-layout file's state_dict as numpy arrays, keys in file order (sorted in .safetensors).
 
-    `.pth` / `.pt` may hold a bare state_dict or one under 'state_dict', 'model_state_dict' or
-    'model' (as training scripts save them); `module.` prefixes from DataParallel are removed.
-    bfloat16 becomes float32 (exactly; numpy has no bfloat16), other dtypes are kept.
+    A pickle may hold a bare state_dict or one under 'state_dict', 'model_state_dict', 'model' or
+    'net' (as training scripts save them), or under `key` when given. DataParallel's `module.`
+    prefixes are removed unless `keep_prefix`. bfloat16 becomes float32 (exactly; numpy has no
+    bfloat16), other dtypes are kept.
     Raises WeightFileError for a missing, unreadable, truncated or corrupt file, for a pickle that
     would run code or build objects (refused before anything in it runs), for a file without a
-    state_dict in it, and, unless `check_finite` is False, for NaN or infinite values.
+    state_dict in it (NoStateDictError), and, unless `check_finite` is False, for NaN or infinite values.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise WeightFileError(path, "no such file")
     if not os.path.isfile(path):
         raise WeightFileError(path, "is a directory, not a file")
-    if path.lower().endswith(".safetensors"):
+    kind = file_format(path)
+    if path.lower().endswith(".safetensors") or kind == "safetensors":
         tensors = _read_safetensors(path)
+        if key is not None:
+            raise WeightFileError(path, f"a safetensors file holds one state_dict; there is no entry {key!r} "
+                                        f"to choose")
     else:
-        tensors = _find_state_dict(_load_pickle(path), path)
-    state_dict = {key: _to_numpy(value, key, path) for key, value in _strip_prefix(tensors).items()}
+        tensors = _find_state_dict(_load_pickle(path), path, key)
+    if not keep_prefix:
+        tensors = _strip_prefix(tensors)
+    state_dict = {name: _to_numpy(value, name, path) for name, value in tensors.items()}
     if not state_dict:
         raise WeightFileError(path, "holds no tensors")
     if check_finite:
@@ -144,21 +182,31 @@ def _is_tensor_dict(value: Any) -> bool:
         isinstance(k, str) and isinstance(v, (torch.Tensor, np.ndarray)) for k, v in value.items()))
 
 
-def _find_state_dict(loaded: Any, path: str) -> Mapping[str, Any]:
+def _find_state_dict(loaded: Any, path: str, key: str | None) -> Mapping[str, Any]:
+    if key is not None:
+        if not isinstance(loaded, Mapping):
+            raise WeightFileError(path, f"holds a {type(loaded).__name__}, not a dict with an entry {key!r}")
+        if key not in loaded:
+            raise NoStateDictError(path, f"has no entry {key!r}; its top-level keys are "
+                                         f"{summarize(list(loaded))}", list(loaded))
+        if not _is_tensor_dict(loaded[key]):
+            raise WeightFileError(path, f"its entry {key!r} holds a {type(loaded[key]).__name__}, "
+                                        f"not a state_dict of tensors")
+        return loaded[key]
     if _is_tensor_dict(loaded):
         return loaded
     if isinstance(loaded, Mapping):
-        for key in WRAPPER_KEYS:
-            if key in loaded and _is_tensor_dict(loaded[key]):
-                return loaded[key]
+        for candidate in WRAPPER_KEYS:
+            if candidate in loaded and _is_tensor_dict(loaded[candidate]):
+                return loaded[candidate]
         tensors = [k for k, v in loaded.items() if isinstance(v, (torch.Tensor, np.ndarray))]
         if tensors:
             others = [k for k in loaded if k not in tensors]
             raise WeightFileError(path, f"mixes tensors with other values under {summarize(others)}"
                                         f"; expected a state_dict of tensors only")
-        raise WeightFileError(path, (
+        raise NoStateDictError(path, (
             f"no state_dict found: the top-level keys are {summarize(list(loaded))}; expected "
-            f"tensors, or a state_dict under {', '.join(repr(k) for k in WRAPPER_KEYS)}"))
+            f"tensors, or a state_dict under {', '.join(repr(k) for k in WRAPPER_KEYS)}"), list(loaded))
     raise WeightFileError(path, f"holds a {type(loaded).__name__}, not a state_dict")
 
 

@@ -88,16 +88,22 @@ def torch_twin(state_dict: Mapping[str, np.ndarray], name: str, kwargs: Mapping)
     """`torch_ref`'s model of the variant, loaded by torch's own strict `load_state_dict`.
 
     Keys spelled as `porting` accepts them (`module.`, `shortcut.`, `linear.`) are respelled first.
+    Floating values of any precision (fp16, bf16, fp64) become float32, as the Flax model holds them.
     """
     with torch.device("meta"):  # no initialization: every tensor comes from the state_dict
         model = torch_ref.create_model(name, **kwargs)
-    tensors = {canonical_key(k): torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+    tensors = {canonical_key(k): torch.from_numpy(_float32(v)) for k, v in state_dict.items()}
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as error:
         raise VerificationError(f"the torch twin of {name} rejects the weights: "
                                 f"{' '.join(str(error).split())[:400]}") from None
     return model
+
+
+def _float32(value) -> np.ndarray:
+    value = np.array(value)
+    return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
 
 
 def compare_stages(flax_model: nnx.Module, torch_model: torch.nn.Module, *, input_shape,

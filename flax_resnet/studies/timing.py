@@ -12,12 +12,14 @@ import ctypes
 import dataclasses
 import importlib
 import importlib.metadata
+import json
 import os
 import platform
 import resource
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,9 @@ class BenchConfig:
     eval: bool = True
     untuned: bool = False  # also time the Flax steps without the xla_cpu formulations and options
     measure_memory: bool = True
+    device: str = "auto"  # 'auto' (a GPU if the framework sees one), 'cpu' or 'gpu'
+    tf32: bool = False  # TF32 for float32 matmuls and convolutions on NVIDIA GPUs, in both frameworks
+    torch_channels_last: bool = False  # add torch eager channels_last; torch.compile runs channels_last too
 
 
 @dataclasses.dataclass
@@ -64,6 +69,7 @@ class Contestant:
     peak_memory_mib: float | None = None
     xla_memory_mib: float | None = None
     error: str | None = None
+    memory: Callable[[], float | None] | None = None  # the step's peak memory in MiB; None: the heap's growth
 
 
 # --------------------------------------------------------------------------- contestants
@@ -185,17 +191,20 @@ def race(config: BenchConfig, contestants: list[Contestant],
             contestant.step_seconds.append(seconds)
     if config.measure_memory:
         for contestant in live:
-            contestant.peak_memory_mib = peak_heap_increase_mib(contestant.step)
+            contestant.peak_memory_mib = (contestant.memory() if contestant.memory is not None
+                                          else peak_heap_increase_mib(contestant.step))
     return summarize(config, contestants, load_before, os.getloadavg())
 
 
 # --------------------------------------------------------------------------- results
 
 
-ROWS = (("flax_train", "flax train"), ("flax_untuned_train", "flax untuned train"),
-        ("torch_train", "torch train"), ("torch_compile_train", "torch.compile train"),
-        ("flax_eval", "flax eval"), ("flax_untuned_eval", "flax untuned eval"),
-        ("torch_eval", "torch eval"), ("torch_compile_eval", "torch.compile eval"))
+ROWS = tuple((f"{key}_{mode}", f"{label} {mode}") for mode in ("train", "eval") for key, label in (
+    ("flax", "flax"), ("flax_untuned", "flax untuned"), ("torch", "torch"),
+    ("torch_channels_last", "torch channels_last"), ("torch_compile", "torch.compile")))
+# Each Flax contestant against each torch one, by key: flax_vs_torch_train, flax_vs_torch_compile_eval, ...
+RATIOS = tuple((flax, torch_) for flax in ("flax", "flax_untuned")
+               for torch_ in ("torch", "torch_channels_last", "torch_compile"))
 
 
 def _key(contestant: Contestant) -> str:
@@ -216,11 +225,32 @@ def _version(package: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector units, e.g. 'AMD EPYC (avx512)' (Linux; else the
+    architecture)."""
+    name, flags = None, set()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name is None:
+            name = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    units = [label for flag, label in (("avx512f", "avx512"), ("amx_bf16", "amx")) if flag in flags]
+    units = units or (["avx2"] if "avx2" in flags else [])
+    name = name or platform.processor() or platform.machine()
+    return f"{name} ({', '.join(units)})" if units else name
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware the figures came from."""
     return {
         "date": time.strftime("%Y-%m-%d"),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         **{package: _version(package) for package in ("jax", "jaxlib", "flax", "torch")},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -250,10 +280,10 @@ def summarize(config: BenchConfig, contestants: list[Contestant], load_before, l
             if contestant.error:
                 result[f"{key}_error"] = contestant.error
     for mode in ("train", "eval"):
-        result[f"flax_vs_torch_{mode}"] = _paired_ratio(by_key.get(f"flax_{mode}"), by_key.get(f"torch_{mode}"))
-        if config.untuned:
-            result[f"flax_untuned_vs_torch_{mode}"] = _paired_ratio(by_key.get(f"flax_untuned_{mode}"),
-                                                                    by_key.get(f"torch_{mode}"))
+        for flax, torch_ in RATIOS:
+            ratio = _paired_ratio(by_key.get(f"{flax}_{mode}"), by_key.get(f"{torch_}_{mode}"))
+            if ratio is not None or (flax, torch_) == ("flax", "torch"):
+                result[f"{flax}_vs_{torch_}_{mode}"] = ratio
     result["load_average_before"] = round(load_before[0], 2)
     result["load_average_after"] = round(load_after[0], 2)
     result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -265,6 +295,8 @@ def format_table(result: dict[str, Any]) -> str:
     """The summary as an aligned text table, one row per contestant."""
     header = f"{'contestant':<22}{'img/s':>10}{'compile s':>11}{'step MiB':>10}{'XLA MiB':>9}"
     lines = [
+        f"{result['environment']['cpu']}, {result['environment']['cpu_count']} cores"
+        + (f"; {result['torch_cuda_device']}" if result.get("torch_cuda_device") else ""),
         f"{result['model']} {result.get('options', '')} batch {result['batch_size']}, "
         f"{result['image_size']}x{result['image_size']}, {result['precision']}, "
         f"{result['steps']} timed steps (load {result['load_average_before']} -> {result['load_average_after']})",
@@ -283,13 +315,72 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{label:<22}{cell(result[f'{key}_img_per_s'], 10, 1)}"
                      f"{cell(result.get(f'{key}_compile_s'), 11, 1)}{cell(result.get(f'{key}_peak_mib'), 10, 0)}"
                      f"{cell(result.get(f'{key}_xla_buffers_mib'), 9, 0)}")
+    names = {"flax": "Flax", "flax_untuned": "Flax untuned", "torch": "torch eager",
+             "torch_channels_last": "torch channels_last", "torch_compile": "torch.compile"}
     for mode in ("train", "eval"):
-        for flax_key, label in (("flax", "Flax"), ("flax_untuned", "Flax untuned")):
-            ratio = result.get(f"{flax_key}_vs_torch_{mode}")
+        for flax, torch_ in RATIOS:
+            ratio = result.get(f"{flax}_vs_{torch_}_{mode}")
             if ratio is not None:
-                lines.append(f"{label} / torch eager, {mode}: {ratio:.2f}x (median of per-round ratios)")
+                lines.append(f"{names[flax]} / {names[torch_]}, {mode}: {ratio:.2f}x (median of per-round ratios)")
     if "loop_overhead" in result:
         lines.append(f"training loop of scripts/train.py ({result['loop_model']}, batch {result['loop_batch_size']}): "
                      f"{result['loop_step_ms']:.1f} ms/step vs {result['bare_step_ms']:.1f} ms for the bare step, "
                      f"{100 * result['loop_overhead']:+.1f}%")
+    for name, cost in result.get("loop_cost", {}).items():
+        lines.append(f"training loop around a no-op step, {name} ({cost['batch_size']} x "
+                     f"{'x'.join(map(str, cost['image_shape']))}): {cost['loop_host_ms']:.2f} ms/step of host work, "
+                     f"{100 * cost['fraction_of_target']:.1f}% of the {cost['target_step_ms']:.1f} ms GPU target step")
+    return "\n".join(lines)
+
+
+def _figure(value, digits: int = 1, suffix: str = "") -> str:
+    return f"{value:.{digits}f}{suffix}" if isinstance(value, (int, float)) else "-"
+
+
+def markdown_rows(results: list[dict[str, Any]], mode: str) -> str:
+    """A markdown table of benchmark summaries for `mode` ('train' or 'eval'): img/s per
+    contestant, Flax's paired ratio against each torch contestant, and peak step memory."""
+    header = (f"| model, batch, input, precision | Flax {mode} | torch eager | torch channels_last | torch.compile "
+              f"| Flax / eager | Flax / channels_last | Flax / compile | Flax MiB (XLA) | torch MiB |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for result in results:
+        options = "".join(f", {k} {v}" for k, v in result.get("options", {}).items())
+        lines.append(
+            f"| {result['model']}{options}, {result['batch_size']}, {result['image_size']}x{result['image_size']}, "
+            f"{result['precision']} | " + " | ".join(
+                [_figure(result.get(f"{key}_{mode}_img_per_s")) for key in ("flax", "torch", "torch_channels_last",
+                                                                           "torch_compile")]
+                + [_figure(result.get(f"flax_vs_{key}_{mode}"), 2, "x") for key in ("torch", "torch_channels_last",
+                                                                                   "torch_compile")]
+                + [_figure(result.get(f"flax_{mode}_xla_buffers_mib"), 0),
+                   _figure(result.get(f"torch_{mode}_peak_mib"), 0)]) + " |")
+    return "\n".join(lines)
+
+
+def gpu_check_table(folder: str | Path) -> str:
+    """The summary `scripts/gpu_check.sh` writes: the GPU, every benchmark found in `folder`
+    (train and eval tables), the loop's cost, eval parity, and what ran out of time."""
+    folder = Path(folder)
+    gpu = (folder / "gpu.txt").read_text().strip() if (folder / "gpu.txt").exists() else "unknown GPU"
+    results, loop_cost = [], None
+    for path in sorted(folder.glob("*.json")):
+        found = json.loads(path.read_text())
+        if "loop_cost" in found:
+            loop_cost = found["loop_cost"]
+        elif "model" in found:
+            results.append(found)
+    lines = [f"# GPU check: {gpu}", ""]
+    if results:
+        environment = results[0]["environment"]
+        lines += [f"{environment['date']}; jax {environment['jax']}, torch {environment['torch']}; "
+                  f"CPU {environment['cpu']}", "", "## Train", "", markdown_rows(results, "train"), "",
+                  "## Eval", "", markdown_rows(results, "eval"), ""]
+    if loop_cost:
+        lines += ["## Training loop around a no-op step", ""]
+        lines += [f"- {name}: {cost['loop_host_ms']:.2f} ms of host work per step, "
+                  f"{100 * cost['fraction_of_target']:.1f}% of the {cost['target_step_ms']:.1f} ms target"
+                  for name, cost in loop_cost.items()] + [""]
+    for name, title in (("eval_parity.txt", "Eval parity (pytest)"), ("skipped.txt", "Not finished")):
+        if (folder / name).exists():
+            lines += [f"## {title}", "", (folder / name).read_text().strip(), ""]
     return "\n".join(lines)

@@ -19,6 +19,8 @@ class AugmentSpec:
     crop_padding: int = 0  # 0: no random crop
     flip: bool = False  # random horizontal flip
     image_size: int | None = None  # resize to this square size first; None: keep
+    crop_pct: float | None = None  # evaluation: resize to image_size / crop_pct, then cut out the centre
+    interpolation: str = "bilinear"  # of every resize: 'bilinear' or 'bicubic'
 
 
 def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -12,8 +12,9 @@ from typing import Any
 
 from flax_resnet.registry import OPTION_CHOICES, resolve
 
-__all__ = ["AUTO_PRECISION", "EMBEDDED_DATASET", "FRAMEWORKS", "IMAGEFOLDER_DATASET", "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES",
-           "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_train_arguments",
+__all__ = ["AUTO_PRECISION", "DEVICES", "EMBEDDED_DATASET", "FRAMEWORKS", "IMAGEFOLDER_DATASET", "LAUNCH_SETTINGS",
+           "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError", "OneLineErrorParser",
+           "TrainConfig", "add_train_arguments",
            "config_from_args", "resume_differences", "validate"]
 
 FRAMEWORKS = ("flax", "torch")
@@ -21,6 +22,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
 PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_PRECISION = "auto"  # bf16 on a GPU or TPU, fp32 on the CPU
+DEVICES = ("auto", "cpu", "gpu")
 EMBEDDED_DATASET = "embedded_mnist"
 IMAGEFOLDER_DATASET = "imagefolder"
 
@@ -35,7 +37,7 @@ class TrainConfig:
 
     # --- what to train
     framework: str = "flax"  # 'flax' (JAX) or 'torch' (torch_ref, same data, optimizer and initial weights)
-    model: str = "mnist_resnet"  # any name in flax_resnet.list_models()
+    model: str | None = "mnist_resnet"  # any name in flax_resnet.list_models(); None: init_from's variant
     model_options: dict = dataclasses.field(default_factory=dict)  # create_model options (stem, maxpool, ...)
 
     # --- data
@@ -50,6 +52,12 @@ class TrainConfig:
     crop_padding: int | None = None  # zero-pad, then random-crop back; 0: off; None: size // 8 colour, // 14 gray
     flip: bool | None = None  # random horizontal flip; None: on for colour images, off for digits and clothing
 
+    # --- fine-tuning
+    init_from: str | None = None  # start from these weights: a torch file, a hub directory, a Flax checkpoint, a run
+    init_key: str | None = None  # the entry of a saved dict holding the state_dict, if not a usual one
+    freeze_backbone: bool = False  # train only the classifier; BatchNorm statistics frozen too
+    freeze_bn: bool = False  # BatchNorm normalizes with, and keeps, its running statistics everywhere
+
     # --- optimization
     epochs: int = 15  # total epochs; re-running a finished workdir with a larger value continues it
     batch_size: int = 64  # images per step over all devices (per micro-step with grad_accum)
@@ -59,7 +67,7 @@ class TrainConfig:
     nesterov: bool = False  # sgd with Nesterov momentum
     weight_decay: float = 5e-4  # sgd/adam: L2 added to the gradient as torch does; adamw: decoupled
     schedule: str = "cosine"  # 'constant', 'cosine' (after warmup), 'multistep' or 'onecycle'
-    warmup_epochs: float = 0.0  # linear warmup from 0 (constant and cosine)
+    warmup_epochs: float = 0.0  # linear warmup from 0 (constant, cosine, multistep); onecycle has its own
     milestones: tuple[float, ...] | None = None  # multistep: epochs where lr *= gamma; None: 50% and 75%
     gamma: float = 0.1  # multistep decay factor
     label_smoothing: float = 0.0  # as torch's CrossEntropyLoss(label_smoothing=...)
@@ -67,12 +75,22 @@ class TrainConfig:
     precision: str = "fp32"  # 'bf16': bfloat16 compute; parameters, optimizer state and BN statistics stay fp32
     seed: int = 0  # initial weights, data order and augmentation all follow from it
 
+    # --- hardware
+    device: str = "auto"  # 'auto': an NVIDIA GPU if the framework sees one, else the CPU; 'cpu' or 'gpu' to insist
+    tf32: bool = False  # let float32 matmuls and convolutions use TF32 on NVIDIA GPUs (Ampere+), in both frameworks
+
     # --- output
     workdir: str | None = None  # None: runs/<framework>-<model>-<dataset>-<time>; an existing run resumes
     eval_batch_size: int = 500  # images per evaluation step
     keep_checkpoints: int = 3  # latest checkpoints kept, besides the best one
+    checkpoint_every: int = 0  # also checkpoint every this many train steps (0: at epoch ends only)
     progress: bool = True  # a tqdm bar per epoch
-    distributed: bool = False  # call jax.distributed.initialize() first (multi-host)
+
+    # --- several processes (one per host, or per GPU); the Flax trainer only
+    distributed: bool = False  # jax.distributed.initialize() with the cluster's own settings (SLURM, ...)
+    coordinator_address: str | None = None  # HOST:PORT of process 0, with num_processes and process_id
+    num_processes: int | None = None  # processes in the run
+    process_id: int | None = None  # this process's index, 0 .. num_processes - 1
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-ready values (tuples become lists)."""
@@ -108,12 +126,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenette": dict(model="resnet50", dataset="imagenette", optimizer="sgd", lr=0.1, momentum=0.9,
                        weight_decay=5e-5, batch_size=128, epochs=20, schedule="cosine", warmup_epochs=1.0,
                        label_smoothing=0.1, image_size=160, precision=AUTO_PRECISION),
+    # Fine-tuning pretrained weights (with --init-from). Li et al., "Rethinking the hyperparameters
+    # for fine-tuning" (ICLR 2020), report the common practice for ResNets: the from-scratch recipe
+    # with a smaller initial learning rate and a shorter schedule, typically lr 0.01, momentum 0.9,
+    # weight decay 1e-4. 0.01 is a tenth of He et al.'s (2016) lr 0.1 at batch 256; scaled linearly
+    # to batch 64 (Goyal et al. 2017) it is 0.0025. Cosine decay to zero (Loshchilov & Hutter,
+    # SGDR, ICLR 2017) over a short run; label smoothing 0.1 (Szegedy et al. 2016, "Rethinking the
+    # Inception architecture", and He et al. 2019, "Bag of tricks", who use 0.1 with cosine decay).
+    "finetune": dict(optimizer="sgd", lr=0.0025, momentum=0.9, nesterov=False, weight_decay=1e-4, batch_size=64,
+                     epochs=10, schedule="cosine", warmup_epochs=0.0, label_smoothing=0.1),
 }
 
 # Settings that may differ between a run and its resumption (the rest must match).
 RESUMABLE_CHANGES = ("epochs", "workdir", "progress", "distributed", "eval_batch_size", "keep_checkpoints",
                      "lr", "schedule", "warmup_epochs", "milestones", "gamma", "weight_decay",
-                     "label_smoothing", "data_dir", "nesterov", "workers")
+                     "label_smoothing", "data_dir", "nesterov", "workers", "checkpoint_every",
+                     "coordinator_address", "num_processes", "process_id", "device", "tf32")
+# Settings that say how a run is started, not what it computes: no notice when they change.
+LAUNCH_SETTINGS = ("workdir", "progress", "distributed", "coordinator_address", "num_processes", "process_id")
 
 
 def _choices(values) -> str:
@@ -137,15 +167,24 @@ def validate(config: TrainConfig) -> None:
     """Refuse settings that cannot work, before any data is read. Raises ConfigError."""
     _require(config.framework in FRAMEWORKS,
              f"unknown framework {config.framework!r}; choose from {_choices(FRAMEWORKS)}")
-    try:
-        resolve(config.model, None, None, dict(config.model_options))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    _require(config.model is not None or config.init_from is not None,
+             "name a model, or give init_from to take the variant of its weights")
+    if config.model is not None:
+        try:
+            resolve(config.model, None, None, dict(config.model_options))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    for name in ("freeze_backbone", "freeze_bn"):
+        _require(not getattr(config, name) or config.init_from is not None,
+                 f"{name} keeps what pretrained weights learned: it needs init_from")
+    _require(config.init_key is None or config.init_from is not None, "init_key names an entry of init_from's file")
     _require(isinstance(config.dataset, str) and config.dataset != "",
              f"dataset must be a name, e.g. {EMBEDDED_DATASET}, mnist, fashion_mnist, cifar10, cifar100")
     for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "keep_checkpoints"):
         value = getattr(config, name)
         _require(_is_int(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+    _require(_is_int(config.checkpoint_every) and config.checkpoint_every >= 0,
+             f"checkpoint_every must be a number of steps >= 0, got {config.checkpoint_every!r}")
     _require(_is_int(config.seed) and config.seed >= 0, f"seed must be a non-negative integer, got {config.seed!r}")
     _require(config.optimizer in OPTIMIZERS,
              f"unknown optimizer {config.optimizer!r}; choose from {_choices(OPTIMIZERS)}")
@@ -153,6 +192,8 @@ def validate(config: TrainConfig) -> None:
              f"unknown schedule {config.schedule!r}; choose from {_choices(SCHEDULES)}")
     _require(config.precision in PRECISIONS,
              f"unknown precision {config.precision!r}; choose from {_choices(PRECISIONS)}")
+    _require(config.device in DEVICES, f"unknown device {config.device!r}; choose from {_choices(DEVICES)}")
+    _require(isinstance(config.tf32, bool), f"tf32 must be true or false, got {config.tf32!r}")
     _require(_is_number(config.lr) and config.lr > 0, f"lr must be a positive number, got {config.lr!r}")
     _require(_is_number(config.momentum) and 0 <= config.momentum < 1,
              f"momentum must be in [0, 1), got {config.momentum!r}")
@@ -166,6 +207,13 @@ def validate(config: TrainConfig) -> None:
         ms = config.milestones
         _require(all(_is_number(m) and 0 < m < config.epochs for m in ms) and list(ms) == sorted(ms),
                  f"milestones must be increasing epochs in (0, {config.epochs}), got {list(ms)}")
+    _require(not (config.schedule == "onecycle" and config.warmup_epochs),
+             "onecycle warms up by itself (its first 30% rises from lr / 25 to lr); leave warmup_epochs at 0")
+    if config.schedule == "multistep" and config.warmup_epochs:
+        ms = config.milestones or (0.5 * config.epochs, 0.75 * config.epochs)
+        _require(min(ms) > config.warmup_epochs,
+                 f"multistep milestones must come after the warmup's {config.warmup_epochs} epochs, got "
+                 f"{[round(m, 3) for m in ms]}" + ("" if config.milestones else " (50% and 75% of the epochs)"))
     _require(_is_number(config.gamma) and 0 < config.gamma <= 1, f"gamma must be in (0, 1], got {config.gamma!r}")
     _require(_is_number(config.label_smoothing) and 0 <= config.label_smoothing < 1,
              f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
@@ -188,6 +236,29 @@ def validate(config: TrainConfig) -> None:
                  f"{name} must be one number per channel, got {value!r}")
     _require(config.std is None or all(v > 0 for v in config.std), f"std must be positive, got {config.std!r}")
     _require((config.mean is None) == (config.std is None), "give mean and std together, or neither")
+    _validate_processes(config)
+
+
+def _validate_processes(config: TrainConfig) -> None:
+    explicit = (config.coordinator_address, config.num_processes, config.process_id)
+    if all(value is None for value in explicit):
+        _require(not (config.distributed and config.framework == "torch"),
+                 "the torch trainer runs in one process; distributed needs framework flax")
+        _require(not config.distributed or config.workdir is not None,
+                 "give workdir with several processes: they must all write to the same folder")
+        return
+    _require(config.workdir is not None, "give workdir with several processes: they must all write to the same folder")
+    _require(all(value is not None for value in explicit),
+             "give coordinator_address, num_processes and process_id together (or distributed alone, "
+             "where the cluster says them)")
+    _require(config.framework == "flax", "the torch trainer runs in one process; several need framework flax")
+    host, _, port = str(config.coordinator_address).rpartition(":")
+    _require(bool(host) and port.isdigit() and 0 < int(port) < 65536,
+             f"coordinator_address must be HOST:PORT, got {config.coordinator_address!r}")
+    _require(_is_int(config.num_processes) and config.num_processes >= 1,
+             f"num_processes must be a positive integer, got {config.num_processes!r}")
+    _require(_is_int(config.process_id) and 0 <= config.process_id < config.num_processes,
+             f"process_id must be in [0, {config.num_processes}), got {config.process_id!r}")
 
 
 def resume_differences(stored: dict[str, Any], config: TrainConfig) -> list[str]:
@@ -237,7 +308,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from a recipe: seed001 (seed 001's MNIST run), d2l (d2l ResNet-18 on "
                              "96x96 Fashion-MNIST), he2015_cifar (resnet20 on CIFAR-10), imagenet (torchvision's "
                              "ResNet-50 recipe on imagenet2012), imagenette (a short ResNet-50 run on the 10-class "
-                             "subset); flags override it")
+                             "subset), finetune (with --init-from: lr 0.0025, 10 epochs of cosine, label smoothing "
+                             "0.1); flags override it")
     what = parser.add_argument_group("model")
     add(what, "framework", "flax, or torch for the torch_ref twin", choices=FRAMEWORKS)
     add(what, "model", "a registry name, e.g. mnist_resnet, resnet20, resnet18, d2l_resnet18", metavar="NAME")
@@ -249,6 +321,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       metavar="{true,false}", help="model option: zero-init each block's last BN weight")
     what.add_argument("--shortcut", dest="shortcut", default=s, choices=OPTION_CHOICES["shortcut"],
                       help="model option: CIFAR nets' shortcut (A: zero-pad, B: projection)")
+
+    tune = parser.add_argument_group("fine-tuning")
+    add(tune, "init_from", "start from these weights: a PyTorch file, a transformers or timm directory, a Flax "
+                           "checkpoint or a run folder (without --model: their variant)", metavar="PATH")
+    add(tune, "init_key", "the entry of a saved dict that holds the state_dict, if not a usual one", metavar="NAME")
+    add(tune, "freeze_backbone", "train only the classifier, BatchNorm statistics frozen",
+        action=argparse.BooleanOptionalAction)
+    add(tune, "freeze_bn", "BatchNorm uses and keeps its running statistics everywhere",
+        action=argparse.BooleanOptionalAction)
 
     data = parser.add_argument_group("data")
     add(data, "dataset", "embedded_mnist (offline), imagefolder (with --data-dir), a tfds name (mnist, "
@@ -280,8 +361,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add(optim, "momentum", "sgd momentum", type=float)
     add(optim, "nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction)
     add(optim, "weight_decay", "weight decay (torch semantics)", type=float)
-    add(optim, "schedule", "", choices=SCHEDULES)
-    add(optim, "warmup_epochs", "linear warmup epochs", type=float)
+    add(optim, "schedule", "onecycle is torch's OneCycleLR and cycles momentum (sgd) or beta1 (adam, adamw) "
+                           "between 0.95 and 0.85 as it does, in place of --momentum", choices=SCHEDULES)
+    add(optim, "warmup_epochs", "linear warmup epochs from 0 (constant, cosine, multistep)", type=float)
     add(optim, "milestones", "multistep: epochs where lr *= gamma (default: 50%% and 75%% of epochs)",
         type=float, nargs="+")
     add(optim, "gamma", "multistep decay factor", type=float)
@@ -290,14 +372,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add(optim, "precision", "auto: bf16 on a GPU or TPU, fp32 on the CPU", choices=PRECISIONS)
     add(optim, "seed", "random seed", type=int)
 
+    hardware = parser.add_argument_group("hardware")
+    add(hardware, "device", "auto (a GPU if there is one), cpu or gpu", choices=DEVICES)
+    add(hardware, "tf32", "TF32 for float32 matmuls and convolutions on NVIDIA GPUs, in both frameworks "
+                          "(off: float32 is float32)", action=argparse.BooleanOptionalAction)
+
     out = parser.add_argument_group("output")
     add(out, "workdir", "run folder (default: runs/<framework>-<model>-<dataset>-<time>); an existing "
                         "run there resumes", metavar="DIR")
     add(out, "eval_batch_size", "images per evaluation step", type=int)
     add(out, "keep_checkpoints", "latest checkpoints to keep besides the best", type=int)
+    add(out, "checkpoint_every", "also checkpoint every STEPS train steps, so a killed run loses at most "
+                                 "that many (0: at epoch ends only)", type=int, metavar="STEPS")
     add(out, "progress", "progress bars", action=argparse.BooleanOptionalAction)
-    add(out, "distributed", "multi-host: call jax.distributed.initialize() first",
-        action=argparse.BooleanOptionalAction)
+
+    processes = parser.add_argument_group("several processes (Flax; see scripts/launch.py to start them locally)")
+    add(processes, "distributed", "call jax.distributed.initialize() with what the cluster (SLURM, Open MPI, "
+                                  "Kubernetes, Cloud TPU) says", action=argparse.BooleanOptionalAction)
+    add(processes, "coordinator_address", "HOST:PORT where process 0 coordinates the run", metavar="HOST:PORT")
+    add(processes, "num_processes", "processes in the run", type=int, metavar="N")
+    add(processes, "process_id", "this process's index, 0 .. N-1", type=int, metavar="I")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -313,6 +407,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if field.name in given:
             value = given[field.name]
             values[field.name] = tuple(value) if isinstance(value, list) else value
+    if values.get("init_from") is not None and "model" not in given and "model" not in PRESETS[preset]:
+        values["model"] = None  # the variant of the weights it starts from
     config = TrainConfig(**values, model_options=options)
     validate(config)
     return config

@@ -18,11 +18,21 @@ def to_unit_range(images):
     return images.astype(jnp.float32) / 255.0
 
 
-def resize(images, size: int):
-    """Bilinear resize of a float NHWC batch to size x size (half-pixel centres, like torch's
-    `interpolate(..., align_corners=False)`; anti-aliased when shrinking)."""
+INTERPOLATIONS = {"bilinear": "linear", "bicubic": "cubic"}  # name -> jax.image.resize's method
+
+
+def resize(images, size: int, interpolation: str = "bilinear"):
+    """Bilinear (or bicubic) resize of a float NHWC batch to size x size (half-pixel centres, like
+    torch's `interpolate(..., align_corners=False)`; anti-aliased when shrinking)."""
     n, _, _, c = images.shape
-    return jax.image.resize(images, (n, size, size, c), method="linear")
+    return jax.image.resize(images, (n, size, size, c), method=INTERPOLATIONS[interpolation])
+
+
+def center_crop(images, size: int):
+    """The central size x size window (torchvision's CenterCrop: offsets rounded half to even)."""
+    _, h, w, _ = images.shape
+    top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
+    return images[:, top:top + size, left:left + size, :]
 
 
 def random_crop(rng, images, padding: int):
@@ -52,7 +62,7 @@ def train_transform(rng, images, spec: AugmentSpec, dtype=jnp.float32):
     """uint8 batch -> augmented, normalized float batch in `dtype`."""
     x = to_unit_range(images)
     if spec.image_size is not None and spec.image_size != x.shape[1]:
-        x = resize(x, spec.image_size)
+        x = resize(x, spec.image_size, spec.interpolation)
     crop_rng, flip_rng = jax.random.split(rng)
     if spec.crop_padding:
         x = random_crop(crop_rng, x, spec.crop_padding)
@@ -62,8 +72,15 @@ def train_transform(rng, images, spec: AugmentSpec, dtype=jnp.float32):
 
 
 def eval_transform(images, spec: AugmentSpec, dtype=jnp.float32):
-    """uint8 batch -> resized, normalized float batch in `dtype` (no randomness)."""
+    """uint8 batch -> resized, normalized float batch in `dtype` (no randomness).
+
+    With `spec.crop_pct`, as timm and transformers evaluate: resize to floor(size / crop_pct),
+    then the central size x size (size: `spec.image_size`, else the images' own).
+    """
     x = to_unit_range(images)
-    if spec.image_size is not None and spec.image_size != x.shape[1]:
-        x = resize(x, spec.image_size)
+    if spec.crop_pct is not None:
+        size = spec.image_size or x.shape[1]
+        x = center_crop(resize(x, int(size / spec.crop_pct), spec.interpolation), size)
+    elif spec.image_size is not None and spec.image_size != x.shape[1]:
+        x = resize(x, spec.image_size, spec.interpolation)
     return normalize(x, spec.mean, spec.std).astype(dtype)

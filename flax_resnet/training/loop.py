@@ -7,36 +7,51 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from flax_resnet.porting.checkpoint import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
+from flax_resnet.training import processes
+from flax_resnet.training.checkpoints import RunCheckpoints
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
 from flax_resnet.training.data import ProcessShard, TrainingData, load_data
+from flax_resnet.training.event_files import EventWriter
+from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
-from flax_resnet.training.optim import learning_rate, make_optimizer
+from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
+from flax_resnet.training.optim import make_optimizer
+from flax_resnet.training.progress import Progress, StepEvents, UnreadableCheckpoints
+from flax_resnet.training.schedule import learning_rate_at_step
 from flax_resnet.training.setup import (AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run,
                                         resolve_precision)
 from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model,
-                                       put_batch, replicated, split_model)
+                                       prefetch, put_batch, replicated, select_devices,
+                                       split_model)
 from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finite, epoch_record, live_metrics,
                                           progress_bar, summary_line)
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "UnreadableCheckpoints", "train"]
+
+# With several processes, how often (in train steps) they agree on whether a signal asked them to
+# stop: a collective, so not after every step.
+STOP_CHECK_STEPS = 10
 
 
-def build_model(config: TrainConfig, setup: RunSetup, data: TrainingData) -> nnx.Module:
-    """The model with `initial_weights` drawn from `config.seed`; refuses an input size it cannot take."""
+def build_model(config: TrainConfig, setup: RunSetup, data: TrainingData, initial=None) -> nnx.Module:
+    """The model with `initial` weights (a state_dict), by default `initial_weights` drawn from
+    `config.seed`; refuses an input size it cannot take."""
     model = model_skeleton(config.model, **setup.model_kwargs)
-    load_torch_state_dict(model, initial_state_dict(config.model, setup.model_kwargs, torch_shapes(model),
-                                                    config.seed))
+    if initial is None:
+        initial = initial_state_dict(config.model, setup.model_kwargs, torch_shapes(model), config.seed)
+    load_torch_state_dict(model, initial)
     size = setup.augment.image_size or data.image_shape[0]
     probe = jax.ShapeDtypeStruct((1, size, size, data.image_shape[2]), jnp.float32)
     try:
@@ -61,77 +76,115 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     """Train as `config` says; resume if its workdir holds a run. `on_epoch_end(record)` is called
     after each epoch's checkpoint and logs (raise KeyboardInterrupt there to stop the run).
 
-    Raises ConfigError (bad settings), DataError (unreadable data), TrainingDiverged (NaN/inf loss).
+    SIGTERM and SIGINT stop the run after the current step, with a checkpoint: TrainingInterrupted.
+    Raises ConfigError (bad settings), DataError (unreadable data), TrainingDiverged (NaN/inf loss),
+    UnreadableCheckpoints (checkpoints there, none readable).
     """
     validate(config)
     if config.framework != "flax":
         raise ConfigError(f"this is the Flax trainer; framework {config.framework!r} runs with "
                           f"flax_resnet.training.train")
-    if config.distributed:
-        jax.distributed.initialize()
-    mesh = data_mesh()
+    processes.initialize(config)
+    mesh = data_mesh(select_devices(config.device))
 
     # --- data
     config = resolve_precision(config, mesh.devices.flat[0].platform)
     data = load_data(config, shard=ProcessShard(jax.process_index(), jax.process_count()))
+    config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
     setup = prepare_run(config, data, mesh.size)
-    workdir = Workdir.open(config, writer=jax.process_index() == 0)  # refuses to resume other settings
-    config = dataclasses.replace(config, workdir=str(workdir.path))
-    log = print if workdir.writer else (lambda *args: None)
+    workdir = Workdir.open(config, writer=processes.is_main())  # refuses to resume other settings
+    # Only process 0 prints and draws progress bars.
+    config = dataclasses.replace(config, workdir=str(workdir.path), progress=config.progress and workdir.writer)
+    log = print if workdir.writer else (lambda *args, **kwargs: None)
 
     # --- model
-    model = build_model(config, setup, data)
+    init = None if opened is None else starting_state(
+        opened, config, setup.model_kwargs, torch_shapes(model_skeleton(config.model, **setup.model_kwargs)))
+    model = build_model(config, setup, data, None if init is None else init.state_dict)
+    for note in () if init is None else init.notes:
+        log(note)
     workdir.create()
 
     # --- optimizer, and the steps that use it
     tx, schedule = make_optimizer(config, setup.plan)
     graphdef, eval_graphdef, state = split_model(model, tx)
-    train_step = jit_train_step(graphdef, tx, mesh, augment=setup.augment, precision=config.precision,
-                                label_smoothing=config.label_smoothing)
-    eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision)
+    # Frozen BatchNorm: the train step runs the eval-mode graph (running statistics, no updates).
+    frozen_bn = config.freeze_bn or config.freeze_backbone
+    train_step = jit_train_step(eval_graphdef if frozen_bn else graphdef, tx, mesh, augment=setup.augment,
+                                precision=config.precision, label_smoothing=config.label_smoothing,
+                                tf32=config.tf32)
+    eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision,
+                              tf32=config.tf32)
+    state = jax.device_put(jax.device_get(state), replicated(mesh))  # the same on every process
 
-    options = ocp.CheckpointManagerOptions(preservation_policy=keep_latest_and_best(config.keep_checkpoints))
-    with ocp.CheckpointManager(workdir.checkpoints_path.absolute(), options=options) as checkpoints:
+    steps_per_epoch = setup.plan.steps_per_epoch
+    with (RunCheckpoints(workdir, config.keep_checkpoints, steps_per_epoch=steps_per_epoch,
+                         warn=lambda message: log(f"warning: {message}", file=sys.stderr)) as checkpoints,
+          StopRequests(agree=processes.agree_on_signal if jax.process_count() > 1 else None,
+                       every=STOP_CHECK_STEPS) as stop,
+          EventWriter(workdir.path, learning_rate=lambda steps: schedule.learning_rate(steps // config.grad_accum),
+                      enabled=workdir.writer) as curves):
         # --- restore
-        history: list[dict] = []
-        if checkpoints.latest_step() is not None:
-            state, history = restore(checkpoints, state)
+        state, progress = checkpoints.restore(state)
+        history = progress.history
+        if progress.data:
+            data.check_position(progress.data)  # the same images as before the interruption
+        title = f"{config.model} on {data.name} ({config.framework})"
+        if progress.step:
             changed = workdir.changed_settings(config)
-            log(f"resuming {workdir.path} after epoch {len(history)}"
+            log(f"resuming {workdir.path} {progress.describe(steps_per_epoch)} (train step {progress.step})"
                 + (f" with {', '.join(changed)}" if changed else ""))
-        workdir.write_config(config, setup.details(data, mesh.size))
-        state = jax.device_put(state, replicated(mesh))
-        rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), replicated(mesh))
-        log(f"{config.model} on {data.describe()}; {mesh.size} {jax.devices()[0].platform} device(s); "
-            f"{setup.plan.steps_per_epoch} steps per epoch; writing to {workdir.path}")
+            workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
+        workdir.write_config(config, {**setup.details(data, mesh.size),
+                                      **({} if init is None else {"init": init.record})})
+        curves.open(progress.step)
+        rng = jax.jit(lambda: jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM),
+                      out_shardings=replicated(mesh))()  # made on every device, as every process can
+        log(f"{config.model} on {data.describe()}; {mesh.size} {mesh.devices.flat[0].platform} device(s)"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + f"; {steps_per_epoch} steps per epoch; writing to {workdir.path}")
         if len(history) < config.epochs:
             started = time.perf_counter()
             train_step, eval_step = compile_ahead(train_step, eval_step, state, rng, data, config, setup, mesh)
             log(f"compiled the train and eval steps in {time.perf_counter() - started:.1f} s")
         else:
             log(f"all {config.epochs} epochs are done; a larger --epochs continues the run")
+        events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
+                            curves=curves, workdir=workdir.path, main=workdir.writer)
+        events.before_first_step(progress)
 
         # --- loop
-        title = f"{config.model} on {data.name} ({config.framework})"
-        for epoch in range(len(history) + 1, config.epochs + 1):
+        for epoch in range(progress.epoch, config.epochs + 1):
             start = time.perf_counter()
+            resumed = progress if epoch == progress.epoch and progress.steps_done else None
+            events.begin_epoch(epoch, history, resumed)
+
+            def on_step(state, steps_done, totals, metrics, position):
+                events.after_step(steps_done, totals, metrics, save=functools.partial(checkpoints.save, state),
+                                  data=position)
+
             state, train_totals, train_seconds = train_epoch(
-                train_step, state, rng, data, config, epoch, mesh, last_good=len(history), run_dir=workdir.path)
+                train_step, state, rng, data, config, epoch, mesh, last_good=checkpoints.latest, run_dir=workdir.path,
+                start=resumed.steps_done if resumed else 0,
+                totals=jax.device_put(_device_totals(resumed.totals), replicated(mesh)) if resumed else None,
+                on_step=on_step)
+            train_seconds += resumed.train_seconds if resumed else 0.0
             test_totals = evaluate(eval_step, state, data, setup.eval_batch_size, mesh)
             step = int(state.step)
-            lr = learning_rate(schedule, step - 1, config.grad_accum)
+            lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
             record = epoch_record(epoch, step, train_totals, test_totals, lr, train_seconds,
                                   time.perf_counter() - start)
             history.append(record)
 
             # --- log and checkpoint
-            checkpoints.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            history=ocp.args.JsonSave(history)),
-                             metrics={"test_accuracy": record["test_accuracy"]})
+            checkpoints.save(state, Progress.after_epoch(history, step), test_accuracy=record["test_accuracy"])
             workdir.write_history(history, title)
+            curves.epoch(record)
             log(summary_line(record, config.epochs))
             if on_epoch_end is not None:
                 on_epoch_end(record)
+            if epoch < config.epochs:
+                events.end_epoch(step)
 
     # --- export
     data.close()  # stops a streamed dataset's loader workers
@@ -142,6 +195,11 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         log(f"done: test accuracy {100 * history[-1]['test_accuracy']:.2f}% (best {100 * best['test_accuracy']:.2f}% "
             f"at epoch {best['epoch']}); weights in {workdir.weights_path}")
     return TrainResult(history, model, workdir.path)
+
+
+def _device_totals(totals: dict[str, float]) -> dict[str, np.ndarray]:
+    # float32, as the step's metric sums: the resumed epoch adds up exactly as the uninterrupted one
+    return {key: np.float32(value) for key, value in totals.items()}
 
 
 def compile_ahead(train_step, eval_step, state, rng, data: TrainingData, config: TrainConfig, setup: RunSetup,
@@ -159,23 +217,36 @@ def compile_ahead(train_step, eval_step, state, rng, data: TrainingData, config:
 
 
 def train_epoch(train_step, state, rng, data: TrainingData, config: TrainConfig, epoch: int, mesh, *,
-                last_good: int, run_dir):
-    """One pass over the shuffled training set. Returns (state, metric sums, seconds); the sums
-    include `skipped_images`, the undecodable images replaced (over all processes)."""
-    batches = data.train_batches(epoch, seed=config.seed, batch_size=config.batch_size)
-    steps = len(batches)
-    totals, start, last_refresh = None, time.perf_counter(), 0.0
+                last_good: str | None, run_dir, start: int = 0, totals=None, on_step=None):
+    """One pass over the shuffled training set, from batch `start` on (`totals`: the sums of the
+    batches before it). `on_step(state, steps_done, totals, metrics, position)` runs after every
+    step; `position` is the data's resumable position (`EpochBatches.state_at`).
+    Returns (state, metric sums, seconds); the sums include `skipped_images`, the undecodable
+    images replaced (over all processes, in the batches from `start` on)."""
+    batches = data.train_batches(epoch, seed=config.seed, batch_size=config.batch_size, start_step=start)
+    steps = data.steps_per_epoch(config.batch_size)
+    # This process's part of each global batch, placed one step ahead of its use.
+    on_device = prefetch(lambda batch: put_batch(batch, mesh), batches)
+    start_time, last_refresh = time.perf_counter(), 0.0
+    sums = _host(totals) if totals is not None else None
     with batches, progress_bar(steps, epoch, config.epochs, config.progress) as bar:
-        for index, batch in enumerate(batches, 1):
-            state, metrics = train_step(state, put_batch(batch, mesh), rng)
-            totals = _add(totals, metrics)
+        bar.update(start)
+        for index, batch in enumerate(on_device, start + 1):
+            state, metrics = train_step(state, batch, rng)
+            previous, totals = totals, _add(totals, metrics)
             now = time.perf_counter()
-            if now - last_refresh >= REFRESH_SECONDS or index == steps:
-                last_refresh, sums = now, _host(totals)  # waits for the device: a sync point
+            if index == steps:
+                sums = _host(totals)
                 check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
-                bar.set_postfix(live_metrics(sums, now - start), refresh=False)
+            elif now - last_refresh >= REFRESH_SECONDS and previous is not None:
+                # Waits for the sums up to the step before: the step just dispatched keeps the device busy.
+                last_refresh, sums = now, _host(previous)
+                check_finite(sums["loss"], epoch=epoch, step=index - 1, last_good=last_good, workdir=run_dir)
+                bar.set_postfix(live_metrics(sums, now - start_time), refresh=False)
             bar.update()
-    return state, {**sums, "skipped_images": _over_processes(batches.skipped_images)}, time.perf_counter() - start
+            if on_step is not None:
+                on_step(state, index, totals, metrics, batches.state_at(index))
+    return state, {**sums, "skipped_images": _over_processes(batches.skipped_images)}, time.perf_counter() - start_time
 
 
 def evaluate(eval_step, state, data: TrainingData, batch_size: int, mesh) -> dict:
@@ -194,20 +265,3 @@ def _over_processes(count: int) -> int:
     from jax.experimental import multihost_utils
 
     return int(np.sum(multihost_utils.process_allgather(np.int32(count))))
-
-
-def keep_latest_and_best(latest: int):
-    """Orbax policy: keep the `latest` most recent checkpoints and the one with the best test accuracy."""
-    policies = ocp.checkpoint_managers.preservation_policy
-    return policies.AnyPreservationPolicy([
-        policies.LatestN(latest),
-        policies.BestN(get_metric_fn=lambda metrics: metrics["test_accuracy"], n=1),
-    ])
-
-
-def restore(checkpoints: ocp.CheckpointManager, state):
-    """(state, history) from the latest checkpoint, shaped like the freshly built `state`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
-    return restored.state, list(restored.history)

@@ -8,7 +8,10 @@ cross-device reductions and BatchNorm normalizes with the statistics of the glob
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -20,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flax_resnet.models import xla_cpu
 from flax_resnet.training.augment import AugmentSpec
+from flax_resnet.training.config import ConfigError
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -111,6 +115,35 @@ def eval_step(graphdef, state: TrainState, batch, *, augment: AugmentSpec, preci
 # Compilation and placement over devices
 # ---------------------------------------------------------------------------------------------
 
+def select_devices(device: str = "auto") -> list:
+    """The devices a run uses: 'auto' (JAX's default backend: a GPU when JAX's CUDA plugin finds one),
+    'cpu' or 'gpu'. Raises ConfigError when no device of the asked kind is visible."""
+    if device == "auto":
+        return jax.devices()
+    try:
+        return jax.devices(device)
+    except RuntimeError:
+        hint = " (JAX's CUDA wheels: `make install` on a machine with nvidia-smi, or GPU=1)" if device == "gpu" else ""
+        raise ConfigError(f"no {device} device visible to JAX{hint}; --device auto takes what there is") from None
+
+
+def matmul_precision(tf32: bool) -> str:
+    """JAX's precision for float32 matmuls and convolutions: TF32 only if asked for, as torch's
+    `allow_tf32` flags (torch_ref.training.step.set_tf32); else exact float32. It matters on NVIDIA
+    GPUs from Ampere on; CPUs compute float32 either way, and bf16 compute is unaffected."""
+    return "tensorfloat32" if tf32 else "float32"
+
+
+def _with_precision(step, tf32: bool):
+    """`step`, traced under `matmul_precision(tf32)`."""
+    @functools.wraps(step)
+    def traced(*args, **kwargs):
+        with jax.default_matmul_precision(matmul_precision(tf32)):
+            return step(*args, **kwargs)
+
+    return traced
+
+
 def data_mesh(devices=None) -> Mesh:
     """A 1-d mesh named 'data' over the given (default: all) devices."""
     return _mesh(tuple(devices if devices is not None else jax.devices()))
@@ -133,13 +166,14 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 # flax_resnet.training.optim.make_optimizer) and settings gets the same jitted function, already compiled.
 @functools.lru_cache(maxsize=8)
 def jit_train_step(graphdef, tx, mesh: Mesh, *, augment: AugmentSpec, precision: str = "fp32",
-                   label_smoothing: float = 0.0, cpu_tuned: bool = True):
+                   label_smoothing: float = 0.0, cpu_tuned: bool = True, tf32: bool = False):
     """train_step, jitted over `mesh`: (state, batch, rng) -> (state, metrics). The state is donated.
 
     `cpu_tuned`: compile with `xla_cpu.COMPILER_OPTIONS` on CPU (False: XLA's defaults).
+    `tf32`: float32 matmuls and convolutions may use TF32 (`matmul_precision`).
     """
-    step = functools.partial(train_step, graphdef, tx=tx, augment=augment, precision=precision,
-                             label_smoothing=label_smoothing)
+    step = _with_precision(functools.partial(train_step, graphdef, tx=tx, augment=augment, precision=precision,
+                                             label_smoothing=label_smoothing), tf32)
     return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
                    compiler_options=xla_cpu.compiler_options(cpu_tuned))
@@ -147,21 +181,36 @@ def jit_train_step(graphdef, tx, mesh: Mesh, *, augment: AugmentSpec, precision:
 
 @functools.lru_cache(maxsize=8)
 def jit_eval_step(graphdef, mesh: Mesh, *, augment: AugmentSpec, precision: str = "fp32",
-                  cpu_tuned: bool = True):
+                  cpu_tuned: bool = True, tf32: bool = False):
     """eval_step, jitted over `mesh`: (state, batch) -> metric sums."""
-    step = functools.partial(eval_step, graphdef, augment=augment, precision=precision)
+    step = _with_precision(functools.partial(eval_step, graphdef, augment=augment, precision=precision), tf32)
     return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh),
                    compiler_options=xla_cpu.compiler_options(cpu_tuned))
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh):
-    """Place this process's part of a global batch on the mesh, split along the batch axis.
+def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh):
+    """The global batch on the mesh, split along the batch axis, from this process's part of it.
 
-    With one process that part is the whole batch. With several, each process passes its own
-    contiguous part (`flax_resnet.training.data.ProcessShard`), and the parts together form the
-    global batch that the step sees.
+    With one process that part is the whole batch. With several, process i holds the i-th
+    contiguous slice of every global batch (`flax_resnet.training.data.ProcessShard`), and the global array is
+    assembled from the pieces without any process holding the others'.
     """
     sharding = batch_sharded(mesh)
     if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}
+        return jax.device_put(local_batch, sharding)
+    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in local_batch.items()}
+
+
+def prefetch(make_batch: Callable[[Any], Any], items: Iterable, size: int = 2) -> Iterator:
+    """Yield `make_batch(item)` for each item; when one is handed out, the next `size` - 1 are made.
+
+    With `make_batch` gathering a host batch and placing it (`put_batch`; JAX copies to a GPU
+    asynchronously), the next batch is on its way before the current step is dispatched, so the
+    step never waits for its input. (A background thread for this was slower: on a loaded 2-core
+    CPU, handing each batch between threads cost more than making it.)
+    """
+    items = iter(items)
+    pending = collections.deque(make_batch(item) for item in itertools.islice(items, size))
+    while pending:
+        yield pending.popleft()  # the caller dispatches its step before the next batch is made
+        pending.extend(make_batch(item) for item in itertools.islice(items, 1))

@@ -5,6 +5,7 @@
     curves.png         loss and accuracy per epoch, train vs test
     model.safetensors  final weights in the torch twin's layout
     checkpoints/       the latest few checkpoints and the best one
+    events.out.tfevents.*  TensorBoard curves (`training.event_files`)
 
 Every file is written to a temporary name and renamed, so none is ever half-written.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import safetensors.numpy
 
 from flax_resnet.files import atomic_file, write_json, write_text
-from flax_resnet.training.config import ConfigError, TrainConfig, resume_differences
+from flax_resnet.training.config import LAUNCH_SETTINGS, ConfigError, TrainConfig, resume_differences
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite. The message names the last good checkpoint."""
@@ -70,7 +71,7 @@ class Workdir:
             return []
         stored = json.loads(self.config_path.read_text())
         return [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in config.to_json().items()
-                if k in stored and stored[k] != v and k not in ("workdir", "progress")]
+                if k in stored and stored[k] != v and k not in LAUNCH_SETTINGS]
 
     def write_config(self, config: TrainConfig, details: dict[str, Any]) -> None:
         """config.json: every setting, then `model_kwargs` and what was derived from the data."""
@@ -127,12 +128,13 @@ def live_metrics(sums: dict, seconds: float) -> dict[str, str]:
             "img/s": f"{sums['count'] / seconds:.0f}"}
 
 
-def check_finite(loss_sum: float, *, epoch: int, step: int, last_good: int | None, workdir: Path) -> None:
-    """Raise TrainingDiverged if the running loss is NaN or infinite."""
+def check_finite(loss_sum: float, *, epoch: int, step: int, last_good: str | None, workdir: Path) -> None:
+    """Raise TrainingDiverged if the running loss is NaN or infinite. `last_good`: where the newest
+    checkpoint stands ('after epoch 3'), None if there is none."""
     if math.isfinite(loss_sum):
         return
-    kept = (f"the last good checkpoint (epoch {last_good}) is kept in {workdir / 'checkpoints'}"
-            if last_good else "no epoch finished, so there is no checkpoint")
+    kept = (f"the last good checkpoint ({last_good}) is kept in {workdir / 'checkpoints'}"
+            if last_good else "no checkpoint was written yet")
     raise TrainingDiverged(
         f"training diverged: the loss became {loss_sum} in epoch {epoch} (by step {step}); {kept}. "
         f"Lower --lr or add --warmup-epochs; re-running with the same --workdir resumes from that checkpoint")

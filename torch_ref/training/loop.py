@@ -9,13 +9,14 @@ thing: the augmentation, so that both trainers compute the very same pixels.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
-import re
+import os
+import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,71 +24,112 @@ import numpy as np
 import torch
 
 import torch_ref
-from flax_resnet.files import atomic_file
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
 from flax_resnet.training.data import TrainingData, load_data
 from flax_resnet.training.device_transforms import eval_transform, train_transform
+from flax_resnet.training.event_files import EventWriter
+from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
+from flax_resnet.training.interrupts import StopRequests
+from flax_resnet.training.progress import Progress, StepEvents
+from flax_resnet.training.schedule import learning_rate_at_step
 from flax_resnet.training.setup import (AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run,
                                         resolve_precision)
 from flax_resnet.training.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
+from torch_ref.training.checkpoints import RunCheckpoints
 from torch_ref.training.optim import make_optimizer
-from torch_ref.training.step import eval_step, train_step
+from torch_ref.training.step import eval_step, select_device, set_tf32, train_step
 
 
 def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
-    """As `flax_resnet.training.loop.train`, in torch (CPU). The model starts from the same
-    `initial_weights` as the Flax trainer's with the same seed, so both runs start identical."""
+    """As `flax_resnet.training.loop.train`, in torch, on the CPU or a CUDA GPU (`config.device`). The
+    model starts from the same `initial_weights` as the Flax trainer's with the same seed, so both
+    runs start identical. On a GPU the model and batches are channels_last."""
     validate(config)
     if config.framework != "torch":
         raise ConfigError(f"this is the torch trainer; framework {config.framework!r} runs with "
                           f"flax_resnet.training.train")
+    device = select_device(config.device)
+    set_tf32(config.tf32)
+    # JAX only computes the pixels here, on the CPU; it must not take the GPU's memory from torch.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     torch.manual_seed(config.seed)
 
     # --- data
-    config = resolve_precision(config, "cpu")
+    config = resolve_precision(config, device.type)
     data = load_data(config)
+    config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
     setup = prepare_run(config, data)
     workdir = Workdir.open(config)  # refuses to resume other settings
     config = dataclasses.replace(config, workdir=str(workdir.path))
 
     # --- model
-    model = build_model(config, setup)
+    init = None if opened is None else starting_state(opened, config, setup.model_kwargs, state_shapes(config, setup))
+    model = build_model(config, setup, None if init is None else init.state_dict)
+    model = model.to(device, memory_format=memory_format(device))
+    for note in () if init is None else init.notes:
+        print(note)
     workdir.create()
 
     # --- optimizer
     optimizer, schedule = make_optimizer(model, config, setup.plan)
-    checkpoints = TorchCheckpoints(workdir.checkpoints_path, config.keep_checkpoints)
 
-    # --- restore
-    history, step = checkpoints.restore_latest(model, optimizer)
-    if history:
-        changed = workdir.changed_settings(config)
-        print(f"resuming {workdir.path} after epoch {len(history)}"
-              + (f" with {', '.join(changed)}" if changed else ""))
-    workdir.write_config(config, setup.details(data, 1))
-    rng = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM)
-    augment_steps, prepare_eval = jitted_transforms(setup.augment, schedule, config.grad_accum)
-    print(f"{config.model} on {data.describe()}; torch {torch.__version__} on cpu; "
-          f"{setup.plan.steps_per_epoch} steps per epoch; writing to {workdir.path}")
+    steps_per_epoch = setup.plan.steps_per_epoch
+    with (RunCheckpoints(workdir, config.keep_checkpoints, steps_per_epoch=steps_per_epoch,
+                         warn=lambda message: print(f"warning: {message}", file=sys.stderr)) as checkpoints,
+          StopRequests() as stop,
+          EventWriter(workdir.path, learning_rate=lambda steps: schedule.learning_rate(steps // config.grad_accum))
+          as curves):
+        # --- restore
+        progress = checkpoints.restore(model, optimizer)
+        history, step = progress.history, progress.step
+        if progress.data:
+            data.check_position(progress.data)  # the same images as before the interruption
+        title = f"{config.model} on {data.name} ({config.framework})"
+        if progress.step:
+            changed = workdir.changed_settings(config)
+            print(f"resuming {workdir.path} {progress.describe(steps_per_epoch)} (train step {progress.step})"
+                  + (f" with {', '.join(changed)}" if changed else ""))
+            workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
+        workdir.write_config(config, {**setup.details(data, 1), **({} if init is None else {"init": init.record})})
+        curves.open(progress.step)
+        host = jax.devices("cpu")[0]
+        rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), host)
+        augment_steps, prepare_eval = jitted_transforms(setup.augment)
+        print(f"{config.model} on {data.describe()}; torch {torch.__version__} on {device.type}; "
+              f"{steps_per_epoch} steps per epoch; writing to {workdir.path}")
+        events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
+                            curves=curves, workdir=workdir.path)
+        save = functools.partial(checkpoints.save, model, optimizer)
+        events.before_first_step(progress)
 
-    # --- loop
-    title = f"{config.model} on {data.name} ({config.framework})"
-    for epoch in range(len(history) + 1, config.epochs + 1):
-        start = time.perf_counter()
-        step, totals, train_seconds = train_epoch(model, optimizer, augment_steps, rng, data, config, epoch, step,
-                                                  last_good=len(history), run_dir=workdir.path)
-        test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
-        lr = float(schedule((step - 1) // config.grad_accum))
-        record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
-        history.append(record)
+        # --- loop
+        for epoch in range(progress.epoch, config.epochs + 1):
+            start = time.perf_counter()
+            resumed = progress if epoch == progress.epoch and progress.steps_done else None
+            events.begin_epoch(epoch, history, resumed)
+            step, totals, train_seconds = train_epoch(
+                model, optimizer, schedule, augment_steps, rng, data, config, epoch, step,
+                last_good=checkpoints.latest, run_dir=workdir.path, start=resumed.steps_done if resumed else 0,
+                totals=dict(resumed.totals) if resumed else None,
+                on_step=lambda steps_done, totals, metrics, position: events.after_step(
+                    steps_done, totals, metrics, save=save, data=position))
+            train_seconds += resumed.train_seconds if resumed else 0.0
+            with jax.default_device(host):
+                test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
+            lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
+            record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
+            history.append(record)
 
-        # --- log and checkpoint
-        checkpoints.save(epoch, model, optimizer, step, history)
-        workdir.write_history(history, title)
-        print(summary_line(record, config.epochs))
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+            # --- log and checkpoint
+            save(Progress.after_epoch(history, step), test_accuracy=record["test_accuracy"])
+            workdir.write_history(history, title)
+            curves.epoch(record)
+            print(summary_line(record, config.epochs))
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if epoch < config.epochs:
+                events.end_epoch(step)
 
     # --- export
     data.close()  # stops a streamed dataset's loader workers
@@ -98,63 +140,114 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     return TrainResult(history, model, workdir.path)
 
 
-def build_model(config: TrainConfig, setup: RunSetup) -> torch.nn.Module:
-    """The model with `initial_weights` drawn from `config.seed`: the Flax trainer's start."""
+def build_model(config: TrainConfig, setup: RunSetup, initial=None) -> torch.nn.Module:
+    """The model with `initial` weights (a numpy state_dict), by default `initial_weights` drawn
+    from `config.seed`: the Flax trainer's start."""
     model = torch_ref.create_model(config.model, **setup.model_kwargs)
-    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    initial = initial_state_dict(config.model, setup.model_kwargs, shapes, config.seed)
+    if initial is None:
+        initial = initial_state_dict(config.model, setup.model_kwargs, state_shapes(config, setup), config.seed)
     model.load_state_dict({key: torch.from_numpy(value) for key, value in initial.items()}, strict=True)
     return model
 
 
-def train_epoch(model, optimizer, augment_steps, rng, data: TrainingData, config: TrainConfig, epoch: int,
-                step: int, *, last_good: int, run_dir):
-    """One pass over the shuffled training set. Returns (step, metric sums, seconds); the sums
-    include `skipped_images`, the undecodable images replaced."""
-    batches = data.train_batches(epoch, seed=config.seed, batch_size=config.batch_size)
-    totals, start, last_refresh = {"loss": 0.0, "correct": 0.0, "count": 0.0}, time.perf_counter(), 0.0
-    with batches, progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
-        for index, (images, labels, lr) in enumerate(prepare_batches(augment_steps, rng, batches, step), 1):
-            metrics = train_step(model, optimizer, images, labels, lr=lr,
-                                 update=(step + 1) % config.grad_accum == 0, grad_accum=config.grad_accum,
-                                 precision=config.precision, label_smoothing=config.label_smoothing)
+def state_shapes(config: TrainConfig, setup: RunSetup) -> dict[str, tuple[int, ...]]:
+    """The model's state_dict shapes, from a model on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = torch_ref.create_model(config.model, **setup.model_kwargs)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def train_epoch(model, optimizer, schedule, augment_steps, rng, data: TrainingData, config: TrainConfig,
+                epoch: int, step: int, *, last_good: str | None, run_dir, start: int = 0, totals=None,
+                on_step=None):
+    """One pass over the shuffled training set, from batch `start` on (`totals`: the sums of the
+    batches before it). `on_step(steps_done, totals, metrics, position)` runs after every step;
+    `position` is the data's resumable position (`EpochBatches.state_at`).
+    Returns (step, metric sums, seconds); the sums include `skipped_images`, the undecodable
+    images replaced (in the batches from `start` on).
+
+    The sums stay on the device and are read at each progress refresh (the only wait for the
+    device), while the next batches are already on their way to it.
+    """
+    batches = data.train_batches(epoch, seed=config.seed, batch_size=config.batch_size, start_step=start)
+    steps = data.steps_per_epoch(config.batch_size)
+    device = next(model.parameters()).device
+    if totals is not None:
+        totals = {key: torch.tensor(float(value), device=device) for key, value in totals.items()}
+    sums = _host(totals) if totals is not None else None
+    start_time, last_refresh = time.perf_counter(), 0.0
+    prepared = prepare_batches(augment_steps, rng, batches, step)  # on the CPU, where `rng` is
+    with batches, progress_bar(steps, epoch, config.epochs, config.progress) as bar:
+        bar.update(start)
+        for index, (images, labels) in enumerate(prefetch_to(device, prepared), start + 1):
+            update = step // config.grad_accum if (step + 1) % config.grad_accum == 0 else None
+            metrics = train_step(model, optimizer, images, labels, schedule=schedule, update=update,
+                                 grad_accum=config.grad_accum, precision=config.precision,
+                                 label_smoothing=config.label_smoothing,
+                                 freeze_bn=config.freeze_bn or config.freeze_backbone)
             step += 1
-            totals = {key: totals[key] + metrics[key] for key in totals}
-            check_finite(totals["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+            totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
             now = time.perf_counter()
-            if now - last_refresh >= REFRESH_SECONDS:
-                last_refresh = now
-                bar.set_postfix(live_metrics(totals, now - start), refresh=False)
+            if now - last_refresh >= REFRESH_SECONDS or index == steps:
+                last_refresh, sums = now, _host(totals)
+                check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
+                bar.set_postfix(live_metrics(sums, now - start_time), refresh=False)
             bar.update()
-    return step, {**totals, "skipped_images": batches.skipped_images}, time.perf_counter() - start
+            if on_step is not None:
+                on_step(index, totals, metrics, batches.state_at(index))
+    return step, {**sums, "skipped_images": batches.skipped_images}, time.perf_counter() - start_time
 
 
-# JAX prepares the pixels (the Flax step's own augmentation) and the learning rates for many
-# steps in one call: interleaving a small JAX call with every torch step makes the two libraries'
-# thread pools fight over the cores, several times slower on a small CPU. CHUNK_BYTES bounds a
-# chunk's uint8 pixels, so ImageNet-sized batches come a few at a time.
+def _host(totals: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {key: float(value) for key, value in totals.items()}
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA, where cuDNN's NHWC kernels are the fast ones; torch's default elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def prefetch_to(device: torch.device, batches, size: int = 2):
+    """Yield each tuple of `batches` with its tensors on `device`, the next `size` - 1 tuples already
+    on their way (copied from pinned memory asynchronously on CUDA; images channels_last there)."""
+    def move(value):
+        if not isinstance(value, torch.Tensor) or device.type == "cpu":
+            return value
+        layout = memory_format(device) if value.ndim == 4 else torch.preserve_format
+        return value.pin_memory().to(device, non_blocking=True, memory_format=layout)
+
+    iterator = (tuple(move(value) for value in batch) for batch in batches)
+    queue = collections.deque(itertools.islice(iterator, size))
+    while queue:
+        yield queue.popleft()
+        queue.extend(itertools.islice(iterator, 1))
+
+
+# JAX prepares the pixels (the Flax step's own augmentation) for many steps in one call:
+# interleaving a small JAX call with every torch step makes the two libraries' thread pools fight
+# over the cores, several times slower on a small CPU. CHUNK_BYTES bounds a chunk's uint8 pixels,
+# so ImageNet-sized batches come a few at a time.
 CHUNK_STEPS = 32
 CHUNK_BYTES = 64 << 20
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_transforms(spec, schedule, grad_accum: int):
+def jitted_transforms(spec):
     """(augment_steps, prepare_eval), jitted once per setting.
 
-    augment_steps(rng, first_step, images[k, batch, ...]) -> (augmented images, lrs) of k steps,
-    the same pixels and learning rates the Flax step uses at those steps.
+    augment_steps(rng, first_step, images[k, batch, ...]) -> the augmented images of k steps, the
+    same pixels the Flax step uses at those steps.
     """
     def augment_steps(rng, first_step, images):
         steps = first_step + jnp.arange(images.shape[0])
         keys = jax.vmap(lambda step: jax.random.fold_in(rng, step))(steps)
-        pixels = jax.vmap(lambda key, batch: train_transform(key, batch, spec))(keys, images)
-        return pixels, jax.vmap(schedule)(steps // grad_accum)
+        return jax.vmap(lambda key, batch: train_transform(key, batch, spec))(keys, images)
 
     return jax.jit(augment_steps), jax.jit(functools.partial(eval_transform, spec=spec))
 
 
 def prepare_batches(augment_steps, rng, batches, first_step: int):
-    """Yield (NCHW images, int64 labels, lr) for each batch of the epoch, a chunk of steps at a time."""
+    """Yield (NCHW images, int64 labels) for each batch of the epoch, a chunk of steps at a time."""
     chunk_steps, done = None, 0
     while True:
         chunk = list(itertools.islice(batches, chunk_steps or 1))
@@ -163,11 +256,10 @@ def prepare_batches(augment_steps, rng, batches, first_step: int):
         if chunk_steps is None:  # sized by the first batch, then fixed: one compiled chunk shape
             chunk_steps = max(1, min(CHUNK_STEPS, CHUNK_BYTES // chunk[0]["image"].nbytes))
             chunk.extend(itertools.islice(batches, chunk_steps - 1))
-        pixels, lrs = augment_steps(rng, first_step + done, np.stack([batch["image"] for batch in chunk]))
-        pixels, lrs = np.asarray(pixels), np.asarray(lrs)
+        pixels = np.asarray(augment_steps(rng, first_step + done, np.stack([batch["image"] for batch in chunk])))
         done += len(chunk)
-        for images, batch, lr in zip(pixels, chunk, lrs):
-            yield _nchw(images), torch.from_numpy(batch["label"].astype(np.int64)), float(lr)
+        for images, batch in zip(pixels, chunk):
+            yield _nchw(images), torch.from_numpy(batch["label"].astype(np.int64))
 
 
 def _nchw(images) -> torch.Tensor:
@@ -176,49 +268,13 @@ def _nchw(images) -> torch.Tensor:
 
 def evaluate(model, prepare_eval, data: TrainingData, batch_size: int, precision: str) -> dict[str, float]:
     """Loss and accuracy sums over the held-out set."""
-    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    device = next(model.parameters()).device
+    totals = None
     with data.eval_batches(batch_size) as batches:
-        for batch in batches:
-            metrics = eval_step(model, _nchw(prepare_eval(batch["image"])),
-                                torch.from_numpy(batch["label"].astype(np.int64)),
-                                torch.from_numpy(np.asarray(batch["mask"])), precision=precision)
-            totals = {key: totals[key] + metrics[key] for key in totals}
-    return {**totals, "skipped_images": batches.skipped_images}
+        prepared = ((_nchw(prepare_eval(batch["image"])), torch.from_numpy(batch["label"].astype(np.int64)),
+                     torch.from_numpy(np.asarray(batch["mask"]))) for batch in batches)
+        for images, labels, mask in prefetch_to(device, prepared):
+            metrics = eval_step(model, images, labels, mask, precision=precision)
+            totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
+    return {**_host(totals), "skipped_images": batches.skipped_images}
 
-
-class TorchCheckpoints:
-    """checkpoints/epoch_NNNN.pt: model, optimizer, step and history. Keeps the latest few and
-    the best by test accuracy. Written atomically, read with weights_only=True."""
-
-    PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
-
-    def __init__(self, folder: Path, keep: int):
-        self.folder, self.keep = Path(folder), keep
-
-    def epochs(self) -> list[int]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := self.PATTERN.match(p.name)))
-
-    def path(self, epoch: int) -> Path:
-        return self.folder / f"epoch_{epoch:04d}.pt"
-
-    def save(self, epoch: int, model, optimizer, step: int, history: list[dict]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.path(epoch)) as temporary:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "history": history}, temporary)
-        best = max(history, key=lambda r: r["test_accuracy"])["epoch"]
-        for old in self.epochs()[: -self.keep]:
-            if old != best:
-                self.path(old).unlink()
-
-    def restore_latest(self, model, optimizer) -> tuple[list[dict], int]:
-        """(history, step) of the latest checkpoint, loaded into model and optimizer; ([], 0) if none."""
-        epochs = self.epochs()
-        if not epochs:
-            return [], 0
-        saved = torch.load(self.path(epochs[-1]), map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"], strict=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        return list(saved["history"]), int(saved["step"])

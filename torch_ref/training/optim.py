@@ -1,7 +1,8 @@
 """The optimizer of a TrainConfig in torch: the twin of `flax_resnet.training.optim`.
 
-torch.optim's own SGD, Adam and AdamW; the learning rate comes from the very schedule function
-the Flax trainer uses (`flax_resnet.training.optim.make_schedule`), set before every optimizer update.
+torch.optim's own SGD, Adam and AdamW. Before every optimizer update the learning rate and the
+momentum (SGD) or beta1 (Adam, AdamW) are set from `flax_resnet.training.schedule`, the very
+function of the update count the Flax trainer follows, as a torch LR scheduler's step() would.
 """
 
 from __future__ import annotations
@@ -9,29 +10,52 @@ from __future__ import annotations
 import torch
 
 from flax_resnet.training.config import TrainConfig
-from flax_resnet.training.optim import make_schedule
+from flax_resnet.training.initial_weights import classifier_prefix
+from flax_resnet.training.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
 from flax_resnet.training.setup import StepPlan
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan):
-    """(torch optimizer, schedule): the schedule maps the optimizer-update count to the lr."""
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan) -> tuple[torch.optim.Optimizer,
+                                                                                       Schedule]:
+    """(torch optimizer, schedule): the schedule maps the optimizer-update count to lr and momentum."""
     schedule = make_schedule(config, plan)
-    params = model.parameters()
+    params = list(model.parameters())
+    if config.freeze_backbone:  # only the classifier trains; the rest needs no gradients at all
+        prefix = classifier_prefix(config.model)
+        for key, parameter in model.named_parameters():
+            parameter.requires_grad_(key.startswith(prefix))
+        params = [parameter for parameter in params if parameter.requires_grad]
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                     nesterov=config.nesterov, weight_decay=config.weight_decay)
     elif config.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
+        optimizer = torch.optim.Adam(params, lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
                                      weight_decay=config.weight_decay)
     elif config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
+        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
                                       weight_decay=config.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     return optimizer, schedule
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Put `lr` in every parameter group (what a torch LR scheduler does on .step())."""
+def set_hyperparameters(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
+    """Put update number `update`'s lr and momentum (SGD) or beta1 (Adam, AdamW) in every parameter
+    group, as torch's OneCycleLR does for both and its other schedulers for the lr."""
+    lr, momentum = float(schedule.learning_rate(update)), float(schedule.momentum_at(update))
     for group in optimizer.param_groups:
         group["lr"] = lr
+        if "betas" in group:
+            group["betas"] = (momentum, *group["betas"][1:])
+        else:
+            group["momentum"] = momentum
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore the saved state (momentum buffers, Adam moments, step counts) but keep the settings
+    the optimizer was built with: torch's load_state_dict would bring back the saved run's weight
+    decay, nesterov and lr, where a resumed run follows its current configuration."""
+    current = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, current):
+        group.update(settings)

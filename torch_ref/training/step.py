@@ -1,7 +1,9 @@
 """The train and eval steps in torch: the twins of `flax_resnet.training.step`.
 
 Images arrive already augmented and normalized (NCHW float32) from the same JAX functions the
-Flax step runs, so the two frameworks see the same pixels.
+Flax step runs, so the two frameworks see the same pixels. The steps run where the model and the
+images are (CPU or CUDA); bf16 is autocast on that device. They return their sums as tensors on
+that device, so a loop can add them up without waiting for each step.
 """
 
 from __future__ import annotations
@@ -9,38 +11,67 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torch_ref.training.optim import set_learning_rate
+from flax_resnet.training.config import ConfigError
+from torch_ref.training.optim import set_hyperparameters
 
 
-def train_step(model, optimizer, images, labels, *, lr: float, update: bool, grad_accum: int = 1,
-               precision: str = "fp32", label_smoothing: float = 0.0) -> dict[str, float]:
-    """Forward and backward of one batch; an optimizer update (at `lr`) when `update` is True.
+def select_device(device: str = "auto") -> torch.device:
+    """'auto' (CUDA if torch sees a GPU, else the CPU), 'cpu' or 'gpu'. ConfigError if no GPU is visible."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("no gpu device visible to torch (torch.cuda.is_available() is False); "
+                          "--device auto takes what there is")
+    return torch.device("cuda")
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions on NVIDIA GPUs, on or off: the twin of the Flax
+    steps' `matmul_precision(tf32)`. torch's own defaults differ (matmuls off, cuDNN on)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on `device` for precision 'bf16'; a no-op for 'fp32'."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train_step(model, optimizer, images, labels, *, schedule, update: int | None, grad_accum: int = 1,
+               precision: str = "fp32", label_smoothing: float = 0.0, freeze_bn: bool = False) -> dict[str, torch.Tensor]:
+    """Forward and backward of one batch, then optimizer update number `update` with its lr and
+    momentum from `schedule` (None: accumulate the gradient only).
 
     With grad_accum k each batch contributes 1/k of its mean-loss gradient, so an update applies
-    the mean gradient of k batches (as optax.MultiSteps). BatchNorm statistics move every batch.
-    Returns {'loss', 'correct', 'count'} sums over the batch.
+    the mean gradient of k batches (as optax.MultiSteps). BatchNorm statistics move every batch,
+    unless `freeze_bn`: then BatchNorm normalizes with its running statistics and keeps them.
+    Returns {'loss', 'correct', 'count'}: sums over the batch, 0-d tensors on the images' device.
     """
     model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+    with autocast(images.device, precision):
         logits = model(images)
     logits = logits.float()
     losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
     (losses.mean() / grad_accum).backward()
-    if update:
-        set_learning_rate(optimizer, lr)
+    if update is not None:
+        set_hyperparameters(optimizer, schedule, update)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return {"loss": float(losses.detach().sum()), "correct": float((logits.argmax(-1) == labels).sum()),
-            "count": float(labels.shape[0])}
+    return {"loss": losses.detach().sum(), "correct": (logits.argmax(-1) == labels).sum().float(),
+            "count": torch.tensor(float(labels.shape[0]), device=logits.device)}
 
 
 @torch.no_grad()
-def eval_step(model, images, labels, mask, *, precision: str = "fp32") -> dict[str, float]:
-    """Loss and accuracy sums with BatchNorm's running averages; `mask` is 0 for padding."""
+def eval_step(model, images, labels, mask, *, precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """Loss and accuracy sums with BatchNorm's running averages; `mask` is 0 for padding. 0-d tensors."""
     model.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with autocast(images.device, precision):
         logits = model(images)
     logits = logits.float()
     losses = F.cross_entropy(logits, labels, reduction="none")
-    return {"loss": float((losses * mask).sum()), "correct": float(((logits.argmax(-1) == labels) * mask).sum()),
-            "count": float(mask.sum())}
+    return {"loss": (losses * mask).sum(), "correct": ((logits.argmax(-1) == labels) * mask).sum(),
+            "count": mask.sum()}

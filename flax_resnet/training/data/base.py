@@ -18,6 +18,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from flax_resnet.training.data.common import DataError
+
 __all__ = ["Batches", "EpochBatches", "ProcessShard", "TrainingData"]
 
 
@@ -102,7 +104,12 @@ class EpochBatches(Batches):
         return self.start_step + self.done
 
     def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "step": self.step, **self.identity}
+        return self.state_at(self.step)
+
+    def state_at(self, step: int) -> dict[str, int]:
+        """The state once `step` batches of the epoch are used: a consumer that reads ahead
+        (prefetching) is behind this iterator."""
+        return {"epoch": self.epoch, "step": step, **self.identity}
 
 
 class TrainingData(abc.ABC):
@@ -159,12 +166,17 @@ class TrainingData(abc.ABC):
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.train_count // batch_size
 
+    def check_position(self, state: dict[str, int]) -> None:
+        """Raise DataError if an `EpochBatches.state()` belongs to other data (another training-set
+        size): resuming there would not read the batches the interrupted run had left."""
+        if state.get("train_count") != self.train_count:
+            raise DataError(f"the run was interrupted reading {state.get('train_count')} training images, "
+                            f"and {self.name} ({self.source}) now has {self.train_count}; resume with the "
+                            f"same data, or start a new run in another --workdir")
+
     def resume(self, state: dict[str, int]) -> EpochBatches:
-        """The rest of the epoch an `EpochBatches.state()` describes. Raises ValueError if the
-        state belongs to other data (another training-set size)."""
-        if state["train_count"] != self.train_count:
-            raise ValueError(f"the saved position is for {state['train_count']} training images; "
-                             f"{self.name} has {self.train_count}")
+        """The rest of the epoch an `EpochBatches.state()` describes (`check_position` first)."""
+        self.check_position(state)
         return self.train_batches(state["epoch"], seed=state["seed"], batch_size=state["batch_size"],
                                   start_step=state["step"])
 

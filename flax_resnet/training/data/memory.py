@@ -24,6 +24,7 @@ import numpy as np
 from flax_resnet.training.augment import channel_statistics
 from flax_resnet.training.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
 from flax_resnet.training.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
+from flax_resnet.training.data.gather import gather_batch
 from flax_resnet.training.data.tfds_source import held_out_split, open_builder, open_split, quiet_absl
 from flax_resnet.training.sampling import epoch_order, eval_batches
 
@@ -67,8 +68,9 @@ class Dataset(TrainingData):
     def train_batches(self, epoch: int, *, seed: int, batch_size: int, start_step: int = 0) -> EpochBatches:
         order = epoch_order(seed, epoch, self.train_count, batch_size)
         local = order[start_step:, self.shard.part(batch_size)]
-        batches = ({"image": self.train_images[indices], "label": self.train_labels[indices], "index": indices,
-                    "skipped": np.zeros(len(indices), np.int32)} for indices in local)
+        arrays = {"image": self.train_images, "label": self.train_labels}
+        batches = ({**gather_batch(arrays, indices), "index": indices, "skipped": np.zeros(len(indices), np.int32)}
+                   for indices in local)
         return EpochBatches(batches, epoch=epoch, start_step=start_step, steps_per_epoch=len(order),
                             identity=position_identity(seed, batch_size, self.train_count))
 

@@ -1,0 +1,116 @@
+"""The learning-rate and momentum schedule of a TrainConfig: functions of the optimizer-update count.
+
+Plain Python, shared by both trainers: `flax_resnet.training.optim` evaluates it inside the jitted
+step (`xp=jax.numpy`, on a traced count), `torch_ref.training.optim` on the host (`xp=numpy`), so
+the two frameworks follow the very same curve. Each schedule is the one torch's own classes give:
+
+    constant   LinearLR warmup (from 0), then the peak
+    cosine     LinearLR warmup (from 0), then CosineAnnealingLR down to 0 at the last update
+    multistep  LinearLR warmup (from 0), then MultiStepLR: lr *= gamma at each milestone, a milestone
+               given twice (or two that round to the same update) applying twice
+    onecycle   OneCycleLR with its defaults, momentum (sgd) or beta1 (adam, adamw) cycled as well
+
+torch's LinearLR cannot start from exactly 0 (start_factor must be > 0); ours is its limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from flax_resnet.training.config import TrainConfig
+from flax_resnet.training.setup import StepPlan
+
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's and AdamW's defaults, used by both frameworks
+ADAM_EPS = 1e-8
+
+# torch.optim.lr_scheduler.OneCycleLR's defaults (two phases, cosine annealing).
+ONECYCLE_PCT_START = 0.3
+ONECYCLE_DIV_FACTOR = 25.0
+ONECYCLE_FINAL_DIV_FACTOR = 1e4
+ONECYCLE_BASE_MOMENTUM = 0.85
+ONECYCLE_MAX_MOMENTUM = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """lr and momentum as functions of the optimizer-update count (0 for the first update).
+
+    Hashable, so equal settings give equal schedules (and jitted steps that are reused).
+    """
+
+    kind: str  # 'constant', 'cosine', 'multistep' or 'onecycle'
+    peak: float  # the peak learning rate
+    total: int  # optimizer updates in the whole run
+    warmup: int = 0  # updates of linear warmup from 0 (constant, cosine, multistep)
+    milestones: tuple[int, ...] = ()  # multistep: updates from which lr is multiplied by gamma once more
+    gamma: float = 0.1
+    momentum: float = 0.9  # sgd momentum or adam's beta1 when it is not cycled
+
+    def learning_rate(self, update, xp=np):
+        """The learning rate of optimizer update number `update` (an int or an integer array)."""
+        t = update * 1.0  # float64 with numpy, the default float inside a jitted step
+        if self.kind == "onecycle":
+            return self._onecycle(t, xp)[0]
+        if self.kind == "constant":
+            lr = self.peak + 0.0 * t
+        elif self.kind == "cosine":
+            span = max(self.total, self.warmup + 1) - self.warmup
+            done = xp.clip(t - self.warmup, 0, span) / span
+            lr = self.peak * 0.5 * (1 + xp.cos(math.pi * done))
+        elif self.kind == "multistep":
+            decays = sum(xp.where(t >= milestone, 1, 0) for milestone in self.milestones)
+            lr = self.peak * xp.power(self.gamma, decays * 1.0)
+        else:
+            raise ValueError(f"unknown schedule {self.kind!r}")
+        if self.warmup:
+            lr = xp.where(t < self.warmup, self.peak * t / self.warmup, lr)
+        return lr
+
+    def momentum_at(self, update, xp=np):
+        """sgd's momentum (or adam's beta1) at update number `update`: cycled by onecycle, else constant."""
+        t = update * 1.0
+        if self.kind == "onecycle":
+            return self._onecycle(t, xp)[1]
+        return self.momentum + 0.0 * t
+
+    def _onecycle(self, t, xp):
+        # OneCycleLR.get_lr: phase 1 ends at step pct_start * total - 1 (a float), phase 2 at total - 1;
+        # within a phase, cosine annealing from its start to its end value.
+        initial = self.peak / ONECYCLE_DIV_FACTOR
+        final = initial / ONECYCLE_FINAL_DIV_FACTOR
+        end_up = float(ONECYCLE_PCT_START * self.total) - 1
+        end_down = self.total - 1
+        rising = t <= end_up
+        start = xp.where(rising, 0.0, end_up)
+        length = xp.where(rising, end_up, end_down - end_up)
+        length = xp.where(length == 0, 1.0, length)  # a phase of zero length is never entered
+        done = xp.minimum((t - start) / length, 1.0)
+        weight = (xp.cos(math.pi * done) + 1) / 2  # 1 at a phase's start, 0 at its end
+
+        def anneal(up_from, up_to, down_from, down_to):
+            begin, end = xp.where(rising, up_from, down_from), xp.where(rising, up_to, down_to)
+            return end + (begin - end) * weight
+
+        lr = anneal(initial, self.peak, self.peak, final)
+        momentum = anneal(ONECYCLE_MAX_MOMENTUM, ONECYCLE_BASE_MOMENTUM, ONECYCLE_BASE_MOMENTUM,
+                          ONECYCLE_MAX_MOMENTUM)
+        return lr, momentum
+
+
+def make_schedule(config: TrainConfig, plan: StepPlan) -> Schedule:
+    """The schedule `config` asks for over the run `plan` describes."""
+    momentum = config.momentum if config.optimizer == "sgd" else ADAM_BETAS[0]
+    milestones = ()
+    if config.schedule == "multistep":
+        epochs = config.milestones or (0.5 * config.epochs, 0.75 * config.epochs)
+        milestones = tuple(plan.updates_at(epoch) for epoch in epochs)
+    warmup = plan.updates_at(config.warmup_epochs) if config.schedule != "onecycle" else 0
+    return Schedule(config.schedule, config.lr, plan.total_updates, warmup, milestones, config.gamma, momentum)
+
+
+def learning_rate_at_step(schedule: Schedule, step: int, grad_accum: int) -> float:
+    """The learning rate in force at train step `step` (0-based; grad_accum steps per update)."""
+    return float(schedule.learning_rate(step // grad_accum))

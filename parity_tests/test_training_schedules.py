@@ -1,0 +1,133 @@
+"""The learning-rate and momentum schedules against torch's own schedulers, update by update.
+
+`training.schedule` is one function of the optimizer-update count; the Flax step evaluates it in
+float32 inside jit (jax.numpy), the torch trainer on the host (numpy). Both are compared with
+torch.optim.lr_scheduler driving a real torch optimizer: float64 exactly, float32 to its rounding.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch.optim import lr_scheduler
+
+from flax_resnet.training.config import ConfigError, TrainConfig, validate
+from flax_resnet.training.schedule import make_schedule
+from flax_resnet.training.setup import StepPlan
+
+# torch's LinearLR refuses start_factor 0; ours warms up from exactly 0, its limit. With this start
+# factor torch's lr differs from that limit by at most START_FACTOR * peak.
+START_FACTOR = 1e-12
+
+
+def torch_curve(make_scheduler, updates: int, optimizer="sgd", peak=0.4):
+    """(lr, momentum or beta1) of each update, read from a torch optimizer driven by the scheduler."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    if optimizer == "sgd":
+        torch_optimizer = torch.optim.SGD([parameter], lr=peak, momentum=0.9)
+    else:
+        torch_optimizer = torch.optim.Adam([parameter], lr=peak, betas=(0.9, 0.999))
+    scheduler = make_scheduler(torch_optimizer)
+    curve = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SequentialLR's deprecation notes on its own internals
+        for _ in range(updates):
+            group = torch_optimizer.param_groups[0]
+            curve.append((group["lr"], group["betas"][0] if "betas" in group else group["momentum"]))
+            parameter.grad = torch.ones(1)
+            torch_optimizer.step()
+            scheduler.step()
+    return np.array(curve)
+
+
+def our_curve(config: TrainConfig, plan: StepPlan):
+    """(float64 host curve, float32 curve computed inside jit) of lr and momentum."""
+    validate(config)
+    schedule = make_schedule(config, plan)
+    updates = np.arange(plan.total_updates)
+    host = np.stack([schedule.learning_rate(updates), schedule.momentum_at(updates)], axis=1)
+    traced = jax.jit(jax.vmap(lambda u: jnp.stack([schedule.learning_rate(u, jnp), schedule.momentum_at(u, jnp)])))
+    return host, np.asarray(traced(jnp.arange(plan.total_updates)))
+
+
+def assert_same_curve(ours, theirs, *, peak, host_atol=0.0):
+    host, traced = ours
+    np.testing.assert_allclose(host, theirs, rtol=1e-12, atol=host_atol)
+    # float32: a few ulps of the peak, and of the momentum (< 1)
+    np.testing.assert_allclose(traced[:, 0], theirs[:, 0], rtol=0, atol=4 * np.finfo(np.float32).eps * peak)
+    np.testing.assert_allclose(traced[:, 1], theirs[:, 1], rtol=0, atol=4 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("steps_per_epoch, epochs", [(10, 8), (7, 1), (3, 1), (1, 1)])
+def test_onecycle_is_torchs_onecycle(optimizer, steps_per_epoch, epochs):
+    """Peak position, last lr and every lr between, and the momentum (sgd) or beta1 (adam) it cycles."""
+    plan = StepPlan(steps_per_epoch, 1, epochs)
+    config = TrainConfig(schedule="onecycle", lr=0.4, epochs=epochs, optimizer=optimizer)
+    theirs = torch_curve(lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.4, total_steps=plan.total_updates),
+                         plan.total_updates, optimizer)
+    ours = our_curve(config, plan)
+    assert_same_curve(ours, theirs, peak=0.4)
+    if plan.total_updates == 80:
+        assert np.argmax(ours[0][:, 0]) == 23 and ours[0][-1, 0] == pytest.approx(0.4 / 25 / 1e4, rel=1e-12)
+        assert ours[0][0, 1] == 0.95 and ours[0][23, 1] == pytest.approx(0.85) and ours[0][-1, 1] == 0.95
+
+
+@pytest.mark.parametrize("warmup_epochs", [0.0, 0.5])
+def test_multistep_applies_every_milestone_as_multisteplr(warmup_epochs):
+    """Milestones given twice, and two that round to the same update (1.0 and 1.1 epochs of 3
+    steps are both update 3), each divide the lr once more, as MultiStepLR does; a warmup is
+    LinearLR before it (SequentialLR)."""
+    plan = StepPlan(3, 1, 4)
+    config = TrainConfig(schedule="multistep", lr=0.4, epochs=4, milestones=(1.0, 1.1, 2.0, 2.0), gamma=0.5,
+                         warmup_epochs=warmup_epochs)
+    milestones = [3, 3, 6, 6]
+    warmup = plan.updates_at(warmup_epochs)
+    if warmup:
+        def make(o):
+            return lr_scheduler.SequentialLR(o, [
+                lr_scheduler.LinearLR(o, start_factor=START_FACTOR, total_iters=warmup),
+                lr_scheduler.MultiStepLR(o, [m - warmup for m in milestones], gamma=0.5)], milestones=[warmup])
+    else:
+        def make(o):
+            return lr_scheduler.MultiStepLR(o, milestones, gamma=0.5)
+    theirs = torch_curve(make, plan.total_updates)
+    ours = our_curve(config, plan)
+    assert_same_curve(ours, theirs, peak=0.4, host_atol=START_FACTOR * 0.4)
+    assert ours[0][3, 0] == pytest.approx(0.4 / 4) and ours[0][6, 0] == pytest.approx(0.4 / 16)
+
+
+@pytest.mark.parametrize("warmup_epochs", [0.0, 1.0])
+def test_cosine_and_constant_are_torchs(warmup_epochs):
+    """cosine: LinearLR warmup then CosineAnnealingLR to 0 at the last update; constant: LinearLR warmup."""
+    plan = StepPlan(5, 2, 4)  # grad_accum 2: 10 updates
+    warmup = plan.updates_at(warmup_epochs)
+    for kind in ("cosine", "constant"):
+        config = TrainConfig(schedule=kind, lr=0.4, epochs=4, warmup_epochs=warmup_epochs, grad_accum=2)
+
+        def make(o):
+            after = (lr_scheduler.CosineAnnealingLR(o, T_max=plan.total_updates - warmup) if kind == "cosine"
+                     else lr_scheduler.ConstantLR(o, factor=1.0))
+            if not warmup:
+                return after
+            return lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, start_factor=START_FACTOR,
+                                                                       total_iters=warmup), after],
+                                             milestones=[warmup])
+
+        assert_same_curve(our_curve(config, plan), torch_curve(make, plan.total_updates), peak=0.4,
+                          host_atol=START_FACTOR * 0.4 + 1e-15)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(schedule="onecycle", warmup_epochs=1.0), "onecycle warms up by itself"),
+    (dict(schedule="multistep", warmup_epochs=1.0, milestones=(1.0, 3.0)), "must come after the warmup"),
+    (dict(schedule="multistep", warmup_epochs=2.5), "(50% and 75% of the epochs)"),
+])
+def test_warmup_that_a_schedule_cannot_honour_is_refused(settings, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(TrainConfig(epochs=4, **settings))
