@@ -1,4 +1,9 @@
-"""Suite-wide numerics: float32 everywhere, XLA matmuls at full precision, no TF32 in torch."""
+"""Suite-wide numerics: float32 everywhere, XLA matmuls at full precision, no TF32 in torch.
+Tests that hold several GB take turns across the pytest-xdist workers (`large_memory`)."""
+
+import ctypes
+import fcntl
+import gc
 
 import jax
 import pytest
@@ -25,3 +30,28 @@ def trained_run(tmp_path_factory):
     from parity_tests.hub_fixtures import make_trained_run
 
     return make_trained_run(tmp_path_factory.mktemp("source") / "run")
+
+
+@pytest.fixture
+def large_memory(tmp_path_factory):
+    """For a test that holds several GB (a deep net's float64 train step): the workers of one
+    pytest-xdist session run such tests one at a time, each waiting for a file lock in the
+    session's shared temporary folder, so two of them never meet in memory. Afterwards the memory
+    goes back to the system: JAX's compiled ops are dropped and the C allocator trims its heap."""
+    lock_path = tmp_path_factory.getbasetemp().parent / "large-memory.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            release_memory()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def release_memory() -> None:
+    gc.collect()
+    jax.clear_caches()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory stays with the process, as before
+        pass

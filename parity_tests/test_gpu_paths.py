@@ -20,7 +20,8 @@ from flax_resnet.studies import timing
 from flax_resnet.training.augment import AugmentSpec
 from flax_resnet.training.config import ConfigError, OneLineErrorParser, TrainConfig, add_train_arguments, \
     config_from_args
-from flax_resnet.training.step import (data_mesh, gather_batch, jit_eval_step, matmul_precision, prefetch,
+from flax_resnet.training.data.gather import gather_batch
+from flax_resnet.training.step import (data_mesh, jit_eval_step, matmul_precision, prefetch,
                                        select_devices)
 from torch_ref.training.loop import memory_format, prefetch_to
 from torch_ref.training.step import select_device, set_tf32

@@ -27,7 +27,7 @@ from parity_tests.twins import relative_error
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
-           "images_per_sec", "seconds"}
+           "images_per_sec", "seconds", "skipped_images"}
 
 
 def test_run_writes_every_output(mnist_dir, tmp_path):

@@ -119,14 +119,13 @@ def measure_training_loop(config: TrainConfig | None = None, rounds: int = 3) ->
     """The per-step time of `scripts/train.py`'s epoch loop (batch gathering, transfer, augmentation
     on device, metric sums, progress bar, divergence checks) against the same compiled step called
     on a batch already on the device. Epoch and bare pass alternate; medians over `rounds`."""
-    from flax_resnet.training.data import load_dataset
+    from flax_resnet.training.data import load_data
     from flax_resnet.training.optim import make_optimizer
     from flax_resnet.training.loop import build_model, compile_ahead
-    from flax_resnet.training.sampling import epoch_order
     from flax_resnet.training.setup import AUGMENT_STREAM, prepare_run
 
     config = config or TrainConfig()
-    data = load_dataset(config.dataset, config.data_dir)
+    data = load_data(config)
     mesh = data_mesh()
     setup = prepare_run(config, data, mesh.size)
     model = build_model(config, setup, data)
@@ -137,9 +136,8 @@ def measure_training_loop(config: TrainConfig | None = None, rounds: int = 3) ->
                                 label_smoothing=config.label_smoothing)
     eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision)
     train_step, _ = compile_ahead(train_step, eval_step, state, rng, data, config, setup, mesh)
-    indices = epoch_order(config.seed, 0, len(data.train_labels), config.batch_size)
-    batch = put_batch({"image": data.train_images[indices[0]], "label": data.train_labels[indices[0]]}, mesh)
-    steps = len(indices)
+    with data.train_batches(0, seed=config.seed, batch_size=config.batch_size) as batches:
+        steps, batch = len(batches), put_batch(next(batches), mesh)
     loop_step, bare_step = _loop_against_bare(train_step, state, batch, rng, data, config, mesh, steps, rounds)
     return {"loop_model": config.model, "loop_dataset": data.name, "loop_batch_size": config.batch_size,
             "loop_steps_per_epoch": steps, "loop_step_ms": 1e3 * loop_step, "bare_step_ms": 1e3 * bare_step,

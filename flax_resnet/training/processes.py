@@ -50,13 +50,3 @@ def sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
-
-
-def local_rows(array: np.ndarray) -> np.ndarray:
-    """This process's contiguous part of a global batch (all of it with one process)."""
-    count = jax.process_count()
-    if count == 1:
-        return array
-    size = array.shape[0] // count
-    index = jax.process_index()
-    return array[index * size:(index + 1) * size]

@@ -9,9 +9,9 @@ import dataclasses
 from typing import Any
 
 from flax_resnet.registry import resolve
-from flax_resnet.training.augment import AugmentSpec, channel_statistics, default_augment
-from flax_resnet.training.config import ConfigError, TrainConfig
-from flax_resnet.training.data import Dataset
+from flax_resnet.training.augment import AugmentSpec, default_augment
+from flax_resnet.training.config import AUTO_PRECISION, ConfigError, TrainConfig
+from flax_resnet.training.data import TrainingData
 
 # Seconds between progress-bar refreshes. Each refresh waits for the device, so not every step.
 REFRESH_SECONDS = 0.5
@@ -57,40 +57,55 @@ class RunSetup:
     augment: AugmentSpec
     model_kwargs: dict[str, Any]
     eval_batch_size: int
+    normalization: str = "given (--mean/--std)"  # where the mean and std came from
 
-    def details(self, data: Dataset, num_devices: int) -> dict[str, Any]:
+    def details(self, data: TrainingData, num_devices: int) -> dict[str, Any]:
         """The derived settings recorded in config.json beside the TrainConfig."""
         return {
             "model_kwargs": self.model_kwargs,
             "augment": dataclasses.asdict(self.augment),
-            "data": {"name": data.name, "source": data.source, "train_images": len(data.train_labels),
-                     "test_images": len(data.test_labels), "image_shape": list(data.image_shape)},
+            "data": {**data.details(), "normalization": self.normalization},
             "steps_per_epoch": self.plan.steps_per_epoch,
             "devices": num_devices,
         }
 
 
-def prepare_run(config: TrainConfig, data: Dataset, num_devices: int = 1) -> RunSetup:
-    """Check the config against the data and fill in what depends on it. Raises ConfigError."""
-    train_count, channels = len(data.train_labels), data.image_shape[2]
+def resolve_precision(config: TrainConfig, platform: str) -> TrainConfig:
+    """`config` with precision 'auto' made concrete: bf16 on a GPU or TPU, fp32 on the CPU."""
+    if config.precision != AUTO_PRECISION:
+        return config
+    return dataclasses.replace(config, precision="fp32" if platform == "cpu" else "bf16")
+
+
+def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -> RunSetup:
+    """Check the config against the data and fill in what depends on it. Raises ConfigError.
+
+    `num_devices` counts the devices of every process; batches split over them evenly.
+    """
+    train_count, channels = data.train_count, data.image_shape[2]
     if config.batch_size > train_count:
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {train_count} training images "
                           f"of {data.name}")
     if config.batch_size % num_devices:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the {num_devices} devices")
     if config.mean is None:
-        mean, std = channel_statistics(data.train_images)
+        mean, std, normalization = data.normalization()
     else:
-        mean, std = config.mean, config.std
+        mean, std, normalization = config.mean, config.std, "given (--mean/--std)"
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"mean and std need {channels} value(s) for {data.name}'s {channels}-channel "
                           f"images, got {len(mean)} and {len(std)}")
-    augment = default_augment(data.image_shape, crop_padding=config.crop_padding, flip=config.flip,
-                              image_size=config.image_size, mean=mean, std=std)
+    if data.streamed:
+        # The host already cropped (RandomResizedCrop, to image_size) and flipped; the device
+        # normalizes, and pads-and-crops only if asked to.
+        augment = AugmentSpec(tuple(mean), tuple(std), config.crop_padding or 0, False, None)
+    else:
+        augment = default_augment(data.image_shape, crop_padding=config.crop_padding, flip=config.flip,
+                                  image_size=config.image_size, mean=mean, std=std)
     _, num_classes, in_channels, options = resolve(config.model, data.num_classes, channels,
                                                    dict(config.model_options))
-    eval_batch = min(config.eval_batch_size, len(data.test_labels))
+    eval_batch = min(config.eval_batch_size, data.test_count)
     eval_batch = -(-eval_batch // num_devices) * num_devices
     plan = StepPlan(train_count // config.batch_size, config.grad_accum, config.epochs)
     return RunSetup(plan, augment, {"num_classes": num_classes, "in_channels": in_channels, **options},
-                    eval_batch)
+                    eval_batch, normalization)

@@ -109,6 +109,8 @@ def epoch_record(epoch: int, step: int, train: dict, test: dict, lr: float, trai
         "lr": lr,
         "images_per_sec": train["count"] / train_seconds,
         "seconds": seconds,
+        # images that could not be decoded: replaced in training, left out of the evaluation
+        "skipped_images": int(train.get("skipped_images", 0) + test.get("skipped_images", 0)),
     }
 
 

@@ -25,16 +25,16 @@ import torch
 
 import torch_ref
 from flax_resnet.training.config import ConfigError, TrainConfig, validate
-from flax_resnet.training.data import Dataset, load_dataset
+from flax_resnet.training.data import TrainingData, load_data
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 from flax_resnet.training.event_files import EventWriter
 from flax_resnet.training.init_from import open_init, starting_state
 from flax_resnet.training.initial_weights import initial_state_dict
 from flax_resnet.training.interrupts import StopRequests
 from flax_resnet.training.progress import Progress, StepEvents
-from flax_resnet.training.sampling import epoch_order, eval_batches
 from flax_resnet.training.schedule import learning_rate_at_step
-from flax_resnet.training.setup import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run
+from flax_resnet.training.setup import (AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run,
+                                        resolve_precision)
 from flax_resnet.training.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
 from torch_ref.training.checkpoints import RunCheckpoints
 from torch_ref.training.optim import make_optimizer
@@ -56,7 +56,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
     torch.manual_seed(config.seed)
 
     # --- data
-    data = load_dataset(config.dataset, config.data_dir)
+    config = resolve_precision(config, device.type)
+    data = load_data(config)
     config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
     setup = prepare_run(config, data)
     workdir = Workdir.open(config)  # refuses to resume other settings
@@ -82,6 +83,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
         # --- restore
         progress = checkpoints.restore(model, optimizer)
         history, step = progress.history, progress.step
+        if progress.data:
+            data.check_position(progress.data)  # the same images as before the interruption
         title = f"{config.model} on {data.name} ({config.framework})"
         if progress.step:
             changed = workdir.changed_settings(config)
@@ -109,7 +112,8 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
                 model, optimizer, schedule, augment_steps, rng, data, config, epoch, step,
                 last_good=checkpoints.latest, run_dir=workdir.path, start=resumed.steps_done if resumed else 0,
                 totals=dict(resumed.totals) if resumed else None,
-                on_step=lambda steps_done, totals, metrics: events.after_step(steps_done, totals, metrics, save=save))
+                on_step=lambda steps_done, totals, metrics, position: events.after_step(
+                    steps_done, totals, metrics, save=save, data=position))
             train_seconds += resumed.train_seconds if resumed else 0.0
             with jax.default_device(host):
                 test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
@@ -128,6 +132,7 @@ def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = 
                 events.end_epoch(step)
 
     # --- export
+    data.close()  # stops a streamed dataset's loader workers
     model.eval()
     workdir.export_weights(model.state_dict())
     if history:
@@ -152,23 +157,27 @@ def state_shapes(config: TrainConfig, setup: RunSetup) -> dict[str, tuple[int, .
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
-def train_epoch(model, optimizer, schedule, augment_steps, rng, data: Dataset, config: TrainConfig, epoch: int,
-                step: int, *, last_good: str | None, run_dir, start: int = 0, totals=None, on_step=None):
+def train_epoch(model, optimizer, schedule, augment_steps, rng, data: TrainingData, config: TrainConfig,
+                epoch: int, step: int, *, last_good: str | None, run_dir, start: int = 0, totals=None,
+                on_step=None):
     """One pass over the shuffled training set, from batch `start` on (`totals`: the sums of the
-    batches before it). `on_step(steps_done, totals, metrics)` runs after every step.
-    Returns (step, metric sums, seconds).
+    batches before it). `on_step(steps_done, totals, metrics, position)` runs after every step;
+    `position` is the data's resumable position (`EpochBatches.state_at`).
+    Returns (step, metric sums, seconds); the sums include `skipped_images`, the undecodable
+    images replaced (in the batches from `start` on).
 
     The sums stay on the device and are read at each progress refresh (the only wait for the
     device), while the next batches are already on their way to it.
     """
-    batches = epoch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
+    batches = data.train_batches(epoch, seed=config.seed, batch_size=config.batch_size, start_step=start)
+    steps = data.steps_per_epoch(config.batch_size)
     device = next(model.parameters()).device
     if totals is not None:
         totals = {key: torch.tensor(float(value), device=device) for key, value in totals.items()}
     sums = _host(totals) if totals is not None else None
     start_time, last_refresh = time.perf_counter(), 0.0
-    prepared = prepare_batches(augment_steps, rng, data, batches[start:], step)  # on the CPU, where `rng` is
-    with progress_bar(len(batches), epoch, config.epochs, config.progress) as bar:
+    prepared = prepare_batches(augment_steps, rng, batches, step)  # on the CPU, where `rng` is
+    with batches, progress_bar(steps, epoch, config.epochs, config.progress) as bar:
         bar.update(start)
         for index, (images, labels) in enumerate(prefetch_to(device, prepared), start + 1):
             update = step // config.grad_accum if (step + 1) % config.grad_accum == 0 else None
@@ -179,14 +188,14 @@ def train_epoch(model, optimizer, schedule, augment_steps, rng, data: Dataset, c
             step += 1
             totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
             now = time.perf_counter()
-            if now - last_refresh >= REFRESH_SECONDS or index == len(batches):
+            if now - last_refresh >= REFRESH_SECONDS or index == steps:
                 last_refresh, sums = now, _host(totals)
                 check_finite(sums["loss"], epoch=epoch, step=index, last_good=last_good, workdir=run_dir)
                 bar.set_postfix(live_metrics(sums, now - start_time), refresh=False)
             bar.update()
             if on_step is not None:
-                on_step(index, totals, metrics)
-    return step, sums, time.perf_counter() - start_time
+                on_step(index, totals, metrics, batches.state_at(index))
+    return step, {**sums, "skipped_images": batches.skipped_images}, time.perf_counter() - start_time
 
 
 def _host(totals: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -216,8 +225,10 @@ def prefetch_to(device: torch.device, batches, size: int = 2):
 
 # JAX prepares the pixels (the Flax step's own augmentation) for many steps in one call:
 # interleaving a small JAX call with every torch step makes the two libraries' thread pools fight
-# over the cores, several times slower on a small CPU.
+# over the cores, several times slower on a small CPU. CHUNK_BYTES bounds a chunk's uint8 pixels,
+# so ImageNet-sized batches come a few at a time.
 CHUNK_STEPS = 32
+CHUNK_BYTES = 64 << 20
 
 
 @functools.lru_cache(maxsize=8)
@@ -235,27 +246,35 @@ def jitted_transforms(spec):
     return jax.jit(augment_steps), jax.jit(functools.partial(eval_transform, spec=spec))
 
 
-def prepare_batches(augment_steps, rng, data: Dataset, batches: np.ndarray, first_step: int):
-    """Yield (NCHW images, int64 labels) for each batch of the epoch, CHUNK_STEPS at a time."""
-    for start in range(0, len(batches), CHUNK_STEPS):
-        chunk = batches[start:start + CHUNK_STEPS]
-        pixels = np.asarray(augment_steps(rng, first_step + start, data.train_images[chunk]))
-        for images, indices in zip(pixels, chunk):
-            yield _nchw(images), torch.from_numpy(data.train_labels[indices].astype(np.int64))
+def prepare_batches(augment_steps, rng, batches, first_step: int):
+    """Yield (NCHW images, int64 labels) for each batch of the epoch, a chunk of steps at a time."""
+    chunk_steps, done = None, 0
+    while True:
+        chunk = list(itertools.islice(batches, chunk_steps or 1))
+        if not chunk:
+            return
+        if chunk_steps is None:  # sized by the first batch, then fixed: one compiled chunk shape
+            chunk_steps = max(1, min(CHUNK_STEPS, CHUNK_BYTES // chunk[0]["image"].nbytes))
+            chunk.extend(itertools.islice(batches, chunk_steps - 1))
+        pixels = np.asarray(augment_steps(rng, first_step + done, np.stack([batch["image"] for batch in chunk])))
+        done += len(chunk)
+        for images, batch in zip(pixels, chunk):
+            yield _nchw(images), torch.from_numpy(batch["label"].astype(np.int64))
 
 
 def _nchw(images) -> torch.Tensor:
     return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def evaluate(model, prepare_eval, data: Dataset, batch_size: int, precision: str) -> dict[str, float]:
-    """Loss and accuracy sums over the test set."""
+def evaluate(model, prepare_eval, data: TrainingData, batch_size: int, precision: str) -> dict[str, float]:
+    """Loss and accuracy sums over the held-out set."""
     device = next(model.parameters()).device
     totals = None
-    batches = ((_nchw(prepare_eval(batch["image"])), torch.from_numpy(batch["label"].astype(np.int64)),
-                torch.from_numpy(batch["mask"])) for batch in eval_batches(data.test_images, data.test_labels, batch_size))
-    for images, labels, mask in prefetch_to(device, batches):
-        metrics = eval_step(model, images, labels, mask, precision=precision)
-        totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
-    return _host(totals)
+    with data.eval_batches(batch_size) as batches:
+        prepared = ((_nchw(prepare_eval(batch["image"])), torch.from_numpy(batch["label"].astype(np.int64)),
+                     torch.from_numpy(np.asarray(batch["mask"]))) for batch in batches)
+        for images, labels, mask in prefetch_to(device, prepared):
+            metrics = eval_step(model, images, labels, mask, precision=precision)
+            totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
+    return {**_host(totals), "skipped_images": batches.skipped_images}
 

@@ -1,5 +1,15 @@
-"""Datasets for training, by name: see `memory` (decoded once into uint8 arrays)."""
+"""Datasets for training, by name; both trainers read them through `TrainingData` (`base`).
 
-from flax_resnet.training.data.memory import EMBEDDED_MNIST, TORCHVISION_NAMES, DataError, Dataset, load_dataset
+- `memory`: small fixed-size sets decoded once into uint8 arrays (embedded MNIST, torchvision
+  folders, fixed-size tfds datasets).
+- `loader`: streamed sets, decoded and cropped by grain workers as training reads them
+  (`imagefolder` trees, tfds datasets of varying image size), with torchvision's `transforms`.
+"""
 
-__all__ = ["EMBEDDED_MNIST", "TORCHVISION_NAMES", "DataError", "Dataset", "load_dataset"]
+from flax_resnet.training.data.base import Batches, EpochBatches, ProcessShard, TrainingData
+from flax_resnet.training.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
+from flax_resnet.training.data.memory import Dataset, load_dataset
+from flax_resnet.training.data.select import load_data
+
+__all__ = ["EMBEDDED_MNIST", "IMAGEFOLDER", "TORCHVISION_NAMES", "Batches", "DataError", "Dataset", "EpochBatches",
+           "ProcessShard", "TrainingData", "load_data", "load_dataset"]

