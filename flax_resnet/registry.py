@@ -81,7 +81,8 @@ def _timm(block, layers, **kwargs):
     return ModelSpec("resnet", block, layers, options=dict(_TIMM_OPTIONS), **kwargs)
 
 
-# ResNet-D (He et al. 2019, "Bag of Tricks", Fig. 2c): deep stem, average-pool shortcuts.
+# timm's '-d' nets (He et al. 2019, "Bag of Tricks"): ResNet-C's deep stem and ResNet-D's
+# average-pool shortcuts.
 _D = {"stem": "deep", "shortcut": "D"}
 # timm's '-t' nets: the same with a tiered deep stem, 24 -> 32 -> 64 channels.
 _T = {"stem": "deep", "deep_stem_widths": (24, 32), "shortcut": "D"}
@@ -129,7 +130,6 @@ MODELS: dict[str, ModelSpec] = {
     "resnet10t": _timm("basic", (1, 1, 1, 1), **_T),
     "resnet14t": _timm("bottleneck", (1, 1, 1, 1), **_T),
     "resnet26t": _timm("bottleneck", (2, 2, 2, 2), **_T),
-    "resnext50d_32x4d": _timm("bottleneck", (3, 4, 6, 3), **_RESNEXT_32X4D, **_D),
     "seresnet18": _timm("basic", (2, 2, 2, 2), **_SE),
     "seresnet34": _timm("basic", (3, 4, 6, 3), **_SE),
     "seresnet50": _timm("bottleneck", (3, 4, 6, 3), **_SE),
