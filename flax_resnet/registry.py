@@ -17,6 +17,8 @@ _IMAGENET_OPTIONS = {"stem": "imagenet", "maxpool": None, "zero_init_residual": 
 _PLAIN_OPTIONS = {"stem": "imagenet", "maxpool": None}
 _PREACT_OPTIONS = {"stem": "imagenet", "maxpool": None}
 _CIFAR_OPTIONS = {"shortcut": "A", "zero_init_residual": False}
+# timm builds every ResNet with its blocks' last BatchNorm zeroed (`zero_init_last=True`).
+_TIMM_OPTIONS = {"maxpool": None, "zero_init_residual": True}
 
 OPTION_CHOICES = {
     "stem": ("imagenet", "cifar"),
@@ -30,14 +32,22 @@ OPTION_CHOICES = {
 class ModelSpec:
     """Everything that tells one variant from another.
 
-    family: 'resnet' (torchvision layout, also plain and CIFAR nets), 'preact', 'd2l' or 'mnist'.
+    family: 'resnet' (torchvision layout, also plain and CIFAR nets and timm's ResNet-D and
+        SE-ResNet), 'preact', 'd2l' or 'mnist'.
     block: 'basic' or 'bottleneck'.
     layers: blocks per stage.
     widths: `planes` of each stage (a bottleneck stage outputs 4x that).
     residual: False for the plain twins (no shortcut at all).
     groups, base_width: ResNeXt and wide nets, as in torchvision.
     stem_width: channels after the stem.
-    stem: the stem when the variant has no `stem` option.
+    stem: the stem when the variant has no `stem` option: 'imagenet' (7x7/2 conv), 'cifar' (3x3/1
+        conv) or 'deep' (three 3x3 convs, the first with stride 2, BatchNorm and ReLU between them;
+        timm's `stem_type='deep'`).
+    deep_stem_widths: the widths of the deep stem's first two convs (the third is stem_width).
+    shortcut: the projection when the variant has no `shortcut` option: 'B' (1x1 conv with the
+        block's stride, + BatchNorm) or 'D' (ResNet-D, timm's `avg_down`: a 2x2 average-pool with
+        the stride, then a 1x1 conv with stride 1, + BatchNorm).
+    attention: None, or 'se' for squeeze-excitation after each block's last BatchNorm.
     options: the keyword options the variant accepts and their defaults.
     """
 
@@ -50,6 +60,9 @@ class ModelSpec:
     base_width: int = 64
     stem_width: int = 64
     stem: str = "imagenet"
+    deep_stem_widths: tuple[int, int] = (32, 32)
+    shortcut: str = "B"
+    attention: str | None = None
     num_classes: int = 1000
     in_channels: int = 3
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -62,6 +75,20 @@ def _imagenet(block, layers, residual=True, **kwargs):
 
 def _preact(block, layers):
     return ModelSpec("preact", block, layers, options=dict(_PREACT_OPTIONS))
+
+
+def _timm(block, layers, **kwargs):
+    return ModelSpec("resnet", block, layers, options=dict(_TIMM_OPTIONS), **kwargs)
+
+
+# timm's '-d' nets (He et al. 2019, "Bag of Tricks"): ResNet-C's deep stem and ResNet-D's
+# average-pool shortcuts.
+_D = {"stem": "deep", "shortcut": "D"}
+# timm's '-t' nets: the same with a tiered deep stem, 24 -> 32 -> 64 channels.
+_T = {"stem": "deep", "deep_stem_widths": (24, 32), "shortcut": "D"}
+# Squeeze-and-excitation (Hu et al. 2018) in every block.
+_SE = {"attention": "se"}
+_RESNEXT_32X4D = {"groups": 32, "base_width": 4}
 
 
 def _cifar(n, residual=True):
@@ -93,14 +120,38 @@ MODELS: dict[str, ModelSpec] = {
     "preact_resnet152": _preact("bottleneck", (3, 8, 36, 3)),
     **{f"resnet{6 * n + 2}": _cifar(n) for n in (3, 5, 7, 9, 18)},
     **{f"plain{6 * n + 2}": _cifar(n, residual=False) for n in (3, 5, 7, 9, 18)},
+    "resnet18d": _timm("basic", (2, 2, 2, 2), **_D),
+    "resnet26d": _timm("bottleneck", (2, 2, 2, 2), **_D),
+    "resnet34d": _timm("basic", (3, 4, 6, 3), **_D),
+    "resnet50d": _timm("bottleneck", (3, 4, 6, 3), **_D),
+    "resnet101d": _timm("bottleneck", (3, 4, 23, 3), **_D),
+    "resnet152d": _timm("bottleneck", (3, 8, 36, 3), **_D),
+    "resnet200d": _timm("bottleneck", (3, 24, 36, 3), **_D),
+    "resnet10t": _timm("basic", (1, 1, 1, 1), **_T),
+    "resnet14t": _timm("bottleneck", (1, 1, 1, 1), **_T),
+    "resnet26t": _timm("bottleneck", (2, 2, 2, 2), **_T),
+    "seresnet18": _timm("basic", (2, 2, 2, 2), **_SE),
+    "seresnet34": _timm("basic", (3, 4, 6, 3), **_SE),
+    "seresnet50": _timm("bottleneck", (3, 4, 6, 3), **_SE),
+    "seresnet101": _timm("bottleneck", (3, 4, 23, 3), **_SE),
+    "seresnet152": _timm("bottleneck", (3, 8, 36, 3), **_SE),
+    "seresnext26d_32x4d": _timm("bottleneck", (2, 2, 2, 2), **_RESNEXT_32X4D, **_D, **_SE),
+    "seresnext26t_32x4d": _timm("bottleneck", (2, 2, 2, 2), **_RESNEXT_32X4D, **_T, **_SE),
+    "seresnext50_32x4d": _timm("bottleneck", (3, 4, 6, 3), **_RESNEXT_32X4D, **_SE),
+    "seresnext101_32x4d": _timm("bottleneck", (3, 4, 23, 3), **_RESNEXT_32X4D, **_SE),
     "d2l_resnet18": ModelSpec("d2l", "basic", (2, 2, 2, 2), num_classes=10, in_channels=1),
     "mnist_resnet": ModelSpec("mnist", num_classes=10, in_channels=1),
 }
 
+# The variants timm ships under the same name and key layout: torchvision's, ResNet-D, SE-ResNet.
+TIMM_MODELS = tuple(
+    name for name, spec in MODELS.items() if spec.family == "resnet" and spec.residual
+    and spec.widths == IMAGENET_WIDTHS and spec.stem != "cifar"
+)
 # The variants torchvision ships under the same name and key layout.
 TORCHVISION_MODELS = tuple(
-    name for name, spec in MODELS.items() if spec.family == "resnet" and spec.residual
-    and spec.widths == IMAGENET_WIDTHS
+    name for name in TIMM_MODELS if MODELS[name].stem == "imagenet"
+    and MODELS[name].shortcut == "B" and MODELS[name].attention is None
 )
 
 
@@ -128,7 +179,7 @@ def resolve(name: str, num_classes: int | None, in_channels: int | None, options
             choices = ", ".join(repr(c) for c in OPTION_CHOICES[key])
             raise ValueError(f"option {key}={value!r} is not valid for {name}; choose from {choices}")
     if "maxpool" in resolved and resolved["maxpool"] is None:
-        resolved["maxpool"] = resolved["stem"] == "imagenet"
+        resolved["maxpool"] = resolved.get("stem", spec.stem) != "cifar"
     num_classes = spec.num_classes if num_classes is None else num_classes
     in_channels = spec.in_channels if in_channels is None else in_channels
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels)):
@@ -146,9 +197,11 @@ def resnet_arguments(spec: ModelSpec, num_classes: int, in_channels: int, option
     stem = options.get("stem", spec.stem)
     return {
         "widths": spec.widths, "num_classes": num_classes, "in_channels": in_channels, "stem": stem,
-        "maxpool": options.get("maxpool", stem == "imagenet"), "stem_width": spec.stem_width,
-        "shortcut": options.get("shortcut", "B") if spec.residual else None, "groups": spec.groups,
-        "base_width": spec.base_width, "preact": spec.family == "preact",
+        "maxpool": options.get("maxpool", stem != "cifar"), "stem_width": spec.stem_width,
+        "deep_stem_widths": spec.deep_stem_widths,
+        "shortcut": options.get("shortcut", spec.shortcut) if spec.residual else None,
+        "groups": spec.groups, "base_width": spec.base_width, "attention": spec.attention,
+        "preact": spec.family == "preact",
         "zero_init_residual": options.get("zero_init_residual", False),
     }
 

@@ -1,14 +1,16 @@
 """One test per trap in porting ResNets between PyTorch and Flax (see the project's porting notes).
 
-Each test would fail under the usual mistake: 'SAME' padding, zero-padded max-pool, matching
-weights by order, NHWC flattening, Flax's default BatchNorm momentum or biased running variance,
-v1 stride placement, or Flax's default initializers.
+Each test would fail under the usual mistake: 'SAME' padding, zero-padded max-pool, a floor-mode
+or padding-counting average-pool, matching weights by order, NHWC flattening, Flax's default
+BatchNorm momentum or biased running variance, v1 stride placement, squeeze-excitation widths
+rounded another way, or Flax's default initializers.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import timm.layers
 import torch
 from flax import nnx
 
@@ -56,6 +58,50 @@ def test_max_pool_pads_with_minus_infinity(size):
     actual = np.asarray(layers.max_pool(x.transpose(0, 2, 3, 1), 3, 2, padding=1))
     np.testing.assert_array_equal(actual, expected.transpose(0, 2, 3, 1))
     assert actual.max() < 0  # zero padding would have put zeros on the border
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 9), (7, 12), (1, 1)])
+def test_average_pool_shortcut_is_ceil_mode_and_counts_only_real_pixels(size):
+    # ResNet-D's AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False): values and gradient.
+    x = np.random.default_rng(size[0]).standard_normal((2, 3, *size)).astype(np.float32)
+    out_size = (-(-size[0] // 2), -(-size[1] // 2))
+    weights = np.random.default_rng(1).standard_normal((2, 3, *out_size)).astype(np.float32)
+    x_torch = torch.from_numpy(x).requires_grad_()
+    expected = torch_ref.models.layers.AvgPool(2, 2)(x_torch)
+    (expected * torch.from_numpy(weights)).sum().backward()
+    nhwc, weights_nhwc = x.transpose(0, 2, 3, 1), weights.transpose(0, 2, 3, 1)
+    pooled = np.asarray(layers.avg_pool(nhwc, 2, 2))
+    grad = np.asarray(jax.grad(lambda v: (layers.avg_pool(v, 2, 2) * weights_nhwc).sum())(nhwc))
+    assert pooled.shape == (2, *out_size, 3)
+    assert relative_error(pooled, expected.detach().numpy().transpose(0, 2, 3, 1)) <= 1e-6
+    assert relative_error(grad, x_torch.grad.numpy().transpose(0, 2, 3, 1)) <= 1e-6
+    if size[0] % 2 and size[0] > 1:
+        # Floor mode drops the last row; zero-padding and counting the pad halves it.
+        assert torch.nn.functional.avg_pool2d(torch.from_numpy(x), 2, 2).shape[2] < out_size[0]
+        padded = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, size[1] % 2)))
+        counted = torch.nn.functional.avg_pool2d(torch.from_numpy(padded), 2, 2).numpy()
+        assert relative_error(counted.transpose(0, 2, 3, 1), pooled) > 1e-2
+
+
+def test_resnet_d_pools_then_projects_with_stride_one():
+    torch_model = torch_ref.create_model("resnet50d")
+    flax_model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet50d", rngs=nnx.Rngs(0)))
+    for stage, pool in (("layer1", torch.nn.Identity), ("layer2", torch.nn.AvgPool2d)):
+        torch_shortcut = getattr(torch_model, stage)[0].downsample
+        flax_shortcut = getattr(flax_model, stage).layers[0].downsample.layers
+        assert isinstance(torch_shortcut[0], pool) and torch_shortcut[1].stride == (1, 1)
+        assert flax_shortcut[1].strides == 1
+        assert (flax_shortcut[0] is layers.identity) == (pool is torch.nn.Identity)
+    assert flax_model.layer2.layers[0].downsample.layers[0].stride == 2
+    assert flax_model.layer2.layers[0].conv2.strides == 2  # the block itself still strides on its 3x3
+
+
+@pytest.mark.parametrize("channels", [64, 128, 256, 512, 1024, 2048, 40, 200, 1000])
+def test_squeeze_excitation_width_rounds_as_timm(channels):
+    expected = timm.layers.SEModule(channels).fc1.out_channels
+    assert flax_resnet.models.blocks.squeeze_channels(channels) == expected
+    assert torch_ref.models.blocks.squeeze_channels(channels) == expected
+    assert torch_ref.models.blocks.SqueezeExcite(channels).fc1.out_channels == expected
 
 
 def test_grouped_conv_layout_ports():
@@ -169,7 +215,8 @@ def test_bottleneck_strides_on_the_3x3_conv():
 
 @pytest.mark.parametrize("name,projections", [
     ("resnet18", [0, 1, 1, 1]), ("resnet50", [1, 1, 1, 1]), ("resnet20", [0, 0, 0]),
-    ("plain18", [0, 0, 0, 0]), ("preact_resnet50", [1, 1, 1, 1]),
+    ("plain18", [0, 0, 0, 0]), ("preact_resnet50", [1, 1, 1, 1]), ("resnet18d", [0, 1, 1, 1]),
+    ("seresnet50", [1, 1, 1, 1]),
 ])
 def test_projection_exactly_where_shape_changes(name, projections):
     model = torch_ref.create_model(name, **({"shortcut": "B"} if name == "resnet20" else {}))

@@ -8,7 +8,7 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.registry import MODELS, TORCHVISION_MODELS
+from flax_resnet.registry import MODELS, TIMM_MODELS, TORCHVISION_MODELS
 
 # torchvision's weight metadata (REFERENCE_FIGURES.md), exact.
 TORCHVISION_PARAMS = {
@@ -16,6 +16,16 @@ TORCHVISION_PARAMS = {
     "resnet101": 44_549_160, "resnet152": 60_192_808, "wide_resnet50_2": 68_883_240,
     "wide_resnet101_2": 126_886_696, "resnext50_32x4d": 25_028_904,
     "resnext101_32x8d": 88_791_336, "resnext101_64x4d": 83_455_272,
+}
+# timm 1.0.31's counts (REFERENCE_FIGURES.md), exact; test_timm.py checks every timm variant
+# against timm's own model as well.
+TIMM_PARAMS = {
+    "resnet18d": 11_708_744, "resnet26d": 16_014_408, "resnet34d": 21_816_904,
+    "resnet50d": 25_576_264, "resnet101d": 44_568_392, "resnet152d": 60_212_040,
+    "resnet200d": 64_693_064, "seresnet18": 11_779_624, "seresnet34": 21_960_416,
+    "seresnet50": 28_088_024, "seresnet101": 49_326_872, "seresnet152": 66_821_848,
+    "seresnext26d_32x4d": 16_809_512, "seresnext50_32x4d": 27_559_896,
+    "seresnext101_32x4d": 48_955_416,
 }
 # He et al. 2015, Table 6, in millions as printed (option A shortcuts add no parameters, so the
 # plain twins have the same count).
@@ -25,7 +35,12 @@ EXPECTED_NAMES = [
     *TORCHVISION_PARAMS, "plain18", "plain34", "plain50",
     "preact_resnet18", "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152",
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-    "plain20", "plain32", "plain44", "plain56", "plain110", "d2l_resnet18", "mnist_resnet",
+    "plain20", "plain32", "plain44", "plain56", "plain110",
+    "resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d", "resnet200d",
+    "resnet10t", "resnet14t", "resnet26t",
+    "seresnet18", "seresnet34", "seresnet50", "seresnet101", "seresnet152",
+    "seresnext26d_32x4d", "seresnext26t_32x4d", "seresnext50_32x4d", "seresnext101_32x4d",
+    "d2l_resnet18", "mnist_resnet",
 ]
 
 
@@ -44,6 +59,7 @@ def test_list_models_names_every_variant_once():
     assert flax_resnet.list_models() == EXPECTED_NAMES
     assert torch_ref.list_models() == EXPECTED_NAMES
     assert set(TORCHVISION_MODELS) == set(TORCHVISION_PARAMS)
+    assert set(TIMM_PARAMS) < set(TIMM_MODELS) and set(TORCHVISION_MODELS) < set(TIMM_MODELS)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -54,6 +70,12 @@ def test_parameter_count_flax_equals_torch(name):
 @pytest.mark.parametrize("name", list(TORCHVISION_PARAMS))
 def test_parameter_count_equals_torchvision_figure(name):
     assert flax_param_count(name) == TORCHVISION_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", list(TIMM_PARAMS))
+def test_parameter_count_equals_timm_figure(name):
+    # torch's meta device is the cheaper count; test_parameter_count_flax_equals_torch links Flax.
+    assert torch_param_count(name) == TIMM_PARAMS[name]
 
 
 @pytest.mark.parametrize("depth", list(CIFAR_PARAMS_M))

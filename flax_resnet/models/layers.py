@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -124,10 +125,57 @@ def max_pool(x, kernel_size: int, stride: int, padding: int = 0):
 
 
 def relu(x):
-    """nn.ReLU as a layer of an nnx.Sequential (the d2l net's stem)."""
+    """nn.ReLU as a layer of an nnx.Sequential (the d2l net, the deep stem); looks jax.nn.relu up
+    at each call, as the parity tests' ReLU pinning needs."""
     return jax.nn.relu(x)
 
 
 def global_avg_pool(x):
     """AdaptiveAvgPool2d((1, 1)) followed by flatten: (N, H, W, C) -> (N, C)."""
     return jnp.mean(x, axis=(1, 2))
+
+
+def _ceil_mode_size(size: int, kernel_size: int, stride: int) -> int:
+    """torch's pooled size with ceil_mode=True and no padding: a last window that starts inside
+    the input counts even when it hangs over the edge."""
+    out = -(-(size - kernel_size) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size else out
+
+
+def avg_pool(x, kernel_size: int, stride: int):
+    """AvgPool2d(kernel_size, stride, ceil_mode=True, count_include_pad=False) over NHWC.
+
+    At an odd size the last window hangs over the bottom/right edge; it averages only the pixels
+    inside the input (torch divides by their count), so a 2x2/2 pool maps 7 rows to 4, the last
+    row of the output being the input's last row.
+    """
+    height, width = x.shape[1:3]
+    out_h = _ceil_mode_size(height, kernel_size, stride)
+    out_w = _ceil_mode_size(width, kernel_size, stride)
+    span_h, span_w = stride * (out_h - 1) + kernel_size, stride * (out_w - 1) + kernel_size
+    padded = jnp.pad(x, ((0, 0), (0, span_h - height), (0, span_w - width), (0, 0)))
+    total = None
+    for i in range(kernel_size):
+        for j in range(kernel_size):
+            window = padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+            total = window if total is None else total + window
+    rows = np.minimum(np.arange(out_h) * stride + kernel_size, height) - np.arange(out_h) * stride
+    cols = np.minimum(np.arange(out_w) * stride + kernel_size, width) - np.arange(out_w) * stride
+    counts = np.outer(rows, cols)[None, :, :, None]
+    return total / jnp.asarray(counts, total.dtype)
+
+
+class AvgPool(nnx.Module):
+    """nn.AvgPool2d(kernel_size, stride, ceil_mode=True, count_include_pad=False): see `avg_pool`."""
+
+    def __init__(self, kernel_size: int, stride: int):
+        self.kernel_size = kernel_size
+        self.stride = stride
+
+    def __call__(self, x):
+        return avg_pool(x, self.kernel_size, self.stride)
+
+
+def identity(x):
+    """nn.Identity: a placeholder that keeps a Sequential's indices (and so its keys) as torch's."""
+    return x

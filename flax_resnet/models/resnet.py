@@ -6,24 +6,35 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_resnet.models.layers import BatchNorm, conv, global_avg_pool, linear, max_pool
+from flax_resnet.models.layers import BatchNorm, conv, global_avg_pool, linear, max_pool, relu
 
 
 class ResNet(nnx.Module):
     """torchvision's ResNet layout, generalized over block, stage count, widths and stem.
 
     block: a class from `flax_resnet.models.blocks`; layers: blocks per stage; widths: each stage's planes.
-    stem: 'imagenet' (7x7/2 conv) or 'cifar' (3x3/1 conv); maxpool: 3x3/2 max-pool after the stem.
-    shortcut: 'B' (1x1 projection), 'A' (zero-pad) or None (plain net, no shortcuts).
+    stem: 'imagenet' (7x7/2 conv), 'cifar' (3x3/1 conv) or 'deep' (3x3/2, 3x3, 3x3 convs of widths
+    `deep_stem_widths` and `stem_width`, BatchNorm + ReLU between; timm's `conv1.0` ... `conv1.6`);
+    maxpool: 3x3/2 max-pool after the stem.
+    shortcut: 'B' (1x1 projection), 'D' (average-pool, then 1x1 projection), 'A' (zero-pad) or
+    None (plain net, no shortcuts). attention: None or 'se' in every block.
     preact: pre-activation layout: the stem has no BatchNorm/ReLU, and a final BN + ReLU precede
     the pooling.
     """
 
     def __init__(self, block, layers, *, widths=(64, 128, 256, 512), num_classes=1000,
-                 in_channels=3, stem="imagenet", maxpool=True, stem_width=64, shortcut="B",
-                 groups=1, base_width=64, preact=False, zero_init_residual=False, rngs: nnx.Rngs):
+                 in_channels=3, stem="imagenet", maxpool=True, stem_width=64,
+                 deep_stem_widths=(32, 32), shortcut="B", groups=1, base_width=64, attention=None,
+                 preact=False, zero_init_residual=False, rngs: nnx.Rngs):
         if stem == "imagenet":
             self.conv1 = conv(in_channels, stem_width, 7, stride=2, rngs=rngs)
+        elif stem == "deep":
+            first, second = deep_stem_widths
+            self.conv1 = nnx.Sequential(
+                conv(in_channels, first, 3, stride=2, rngs=rngs), BatchNorm(first), relu,
+                conv(first, second, 3, rngs=rngs), BatchNorm(second), relu,
+                conv(second, stem_width, 3, rngs=rngs),
+            )
         else:
             self.conv1 = conv(in_channels, stem_width, 3, rngs=rngs)
         self.bn1 = None if preact else BatchNorm(stem_width)
@@ -35,7 +46,7 @@ class ResNet(nnx.Module):
             for block_index in range(depth):
                 stride = 2 if index > 0 and block_index == 0 else 1
                 blocks.append(block(channels, planes, stride, shortcut=shortcut, groups=groups,
-                                    base_width=base_width, rngs=rngs))
+                                    base_width=base_width, attention=attention, rngs=rngs))
                 channels = planes * block.expansion
             setattr(self, name, nnx.Sequential(*blocks))
         self.final_bn = BatchNorm(channels) if preact else None

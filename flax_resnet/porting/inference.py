@@ -1,8 +1,10 @@
 """Which registered variant a torch-layout state_dict is, read from its key names and shapes.
 
 Shapes tell the family, block, blocks per stage, widths, groups and base width (so resnet50,
-wide_resnet50_2 and resnext50_32x4d differ), the stem (7x7 or 3x3 conv), the shortcut (a
-projection has weights; CIFAR option A has none), num_classes and in_channels. They cannot tell
+wide_resnet50_2 and resnext50_32x4d differ), the stem (7x7 or 3x3 conv, or timm's deep stem
+`conv1.0/.3/.6`), the shortcut (a projection has weights, at `downsample.0` or, after ResNet-D's
+average-pool, at `downsample.1`; CIFAR option A has none), squeeze-excitation (`se.fc1`),
+num_classes and in_channels: resnet50, resnet50d and seresnet50 differ. They cannot tell
 whether the stem has a max-pool, nor a CIFAR option-A net from its plain twin: the first is
 assumed as the variant's default and reported, the second is an ambiguity the caller resolves.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from flax_resnet.porting.checkpoint import full_kwargs
 from flax_resnet.porting.state_dict import canonical_key
-from flax_resnet.registry import MODELS
+from flax_resnet.registry import MODELS, OPTION_CHOICES
 
 # Options the weights cannot show; the variant's default is used and reported as assumed.
 INVISIBLE_OPTIONS = ("maxpool",)
@@ -117,10 +119,15 @@ def _candidates(shapes: dict[str, tuple]) -> list[Variant]:
     for name, spec in MODELS.items():
         if spec.family not in ("resnet", "preact") or any(
                 getattr(spec, field) != layout[field] for field in (
-                    "family", "block", "layers", "widths", "stem_width", "groups", "base_width")):
+                    "family", "block", "layers", "widths", "stem_width", "groups", "base_width",
+                    "attention")):
+            continue
+        if layout["stem"] == "deep" and spec.deep_stem_widths != layout["deep_stem_widths"]:
             continue
         options = {}
         if "stem" in spec.options:
+            if layout["stem"] not in OPTION_CHOICES["stem"]:
+                continue
             options["stem"] = layout["stem"]
         elif spec.stem != layout["stem"]:
             continue
@@ -128,7 +135,11 @@ def _candidates(shapes: dict[str, tuple]) -> list[Variant]:
             if not spec.residual:
                 continue
             if "shortcut" in spec.options:
-                options["shortcut"] = "B"
+                if layout["projection"] not in OPTION_CHOICES["shortcut"]:
+                    continue
+                options["shortcut"] = layout["projection"]
+            elif spec.shortcut != layout["projection"]:
+                continue
         elif spec.residual:
             # No shortcut weights: option A (parameter-free), if the variant has that option.
             if "shortcut" not in spec.options:
@@ -140,10 +151,10 @@ def _candidates(shapes: dict[str, tuple]) -> list[Variant]:
 
 
 def _resnet_layout(shapes: dict[str, tuple]) -> dict[str, Any] | None:
-    """The structural facts of a torchvision-layout ResNet, or None if it is not one."""
-    stem = shapes.get("conv1.weight")
+    """The structural facts of a torchvision- or timm-layout ResNet, or None if it is not one."""
+    stem = _stem(shapes)
     fc = shapes.get("fc.weight")
-    if stem is None or fc is None or len(stem) != 4 or stem[2] not in (3, 7):
+    if stem is None or fc is None:
         return None
     layers = []
     while any(k.startswith(f"layer{len(layers) + 1}.") for k in shapes):
@@ -164,19 +175,56 @@ def _resnet_layout(shapes: dict[str, tuple]) -> dict[str, Any] | None:
     except KeyError:
         return None
     groups = middle[0] // middle[1]
+    stem_kind, deep_stem_widths, stem_width, in_channels = stem
     return {
         "family": "preact" if "final_bn.weight" in shapes else "resnet",
         "block": "bottleneck" if bottleneck else "basic",
         "layers": tuple(layers),
         "widths": widths,
-        "stem_width": stem[0],
+        "stem_width": stem_width,
         "groups": groups,
         "base_width": middle[0] // groups * 64 // widths[0],
-        "stem": "imagenet" if stem[2] == 7 else "cifar",
-        "projection": any(".downsample." in k for k in shapes),
+        "stem": stem_kind,
+        "deep_stem_widths": deep_stem_widths,
+        "projection": _projection(shapes),
+        "attention": _attention(shapes),
         "num_classes": fc[0],
-        "in_channels": stem[1],
+        "in_channels": in_channels,
     }
+
+
+def _stem(shapes: dict[str, tuple]):
+    """(kind, the deep stem's first two widths, output channels, input channels), or None.
+
+    timm's deep stem is a Sequential: convs at `conv1.0`, `conv1.3`, `conv1.6`.
+    """
+    deep = [shapes.get(f"conv1.{index}.weight") for index in (0, 3, 6)]
+    if all(deep):
+        if any(len(shape) != 4 or shape[2] != 3 for shape in deep):
+            return None
+        return "deep", (deep[0][0], deep[1][0]), deep[2][0], deep[0][1]
+    conv = shapes.get("conv1.weight")
+    if conv is None or len(conv) != 4 or conv[2] not in (3, 7):
+        return None
+    return ("imagenet" if conv[2] == 7 else "cifar"), None, conv[0], conv[1]
+
+
+def _attention(shapes: dict[str, tuple]) -> str | None:
+    """None (no `se.` keys), 'se' (squeeze-excitation: `se.fc1`, `se.fc2`) or 'unrecognized'
+    (another module under timm's `se` name, such as ECA's `se.conv`)."""
+    modules = {m.group(1) for key in shapes if (m := re.search(r"\.se\.([^.]+)\.", key))}
+    if not modules:
+        return None
+    return "se" if modules == {"fc1", "fc2"} else "unrecognized"
+
+
+def _projection(shapes: dict[str, tuple]) -> str | None:
+    """None (no projection weights), 'B' (the conv at `downsample.0`) or 'D' (at `downsample.1`,
+    after ResNet-D's average-pool); 'mixed' fits no variant."""
+    indices = {m.group(1) for key, shape in shapes.items() if len(shape) == 4
+               and (m := re.search(r"\.downsample\.(\d+)\.weight$", key))}
+    return {frozenset(): None, frozenset({"0"}): "B", frozenset({"1"}): "D"}.get(
+        frozenset(indices), "mixed")
 
 
 def _layout_summary(shapes: dict[str, tuple]) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from torch_ref.models.layers import BatchNorm, conv
+import torch
+from torch_ref.models.layers import AvgPool, BatchNorm, conv
 
 
 class ZeroPadShortcut(nn.Module):
@@ -28,18 +29,56 @@ def make_shortcut(kind, in_channels, out_channels, stride, *, norm=True):
         return None
     if kind == "A":
         return ZeroPadShortcut(in_channels, out_channels, stride)
+    if kind == "D":
+        pool = AvgPool(2, stride) if stride > 1 else nn.Identity()
+        return nn.Sequential(pool, conv(in_channels, out_channels, 1, padding=0),
+                             BatchNorm(out_channels))
     projection = conv(in_channels, out_channels, 1, stride=stride, padding=0)
     if not norm:
         return nn.Sequential(projection)
     return nn.Sequential(projection, BatchNorm(out_channels))
 
 
+def squeeze_channels(channels: int) -> int:
+    """The squeeze width of timm's SEModule (rd_ratio 1/16, rd_divisor 8): channels / 16 to the
+    nearest multiple of 8, at least 8."""
+    return max(8, int(channels / 16 + 4) // 8 * 8)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation as timm's `SEModule` builds it; see the Flax twin."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        squeezed = squeeze_channels(channels)
+        self.fc1 = conv(channels, squeezed, 1, padding=0, bias=True)
+        self.fc2 = conv(squeezed, channels, 1, padding=0, bias=True)
+
+    def forward(self, x):
+        scale = x.mean((2, 3), keepdim=True)
+        scale = self.fc2(F.relu(self.fc1(scale)))
+        return x * torch.sigmoid(scale)
+
+
+def make_attention(kind, channels):
+    """The block's attention after its last BatchNorm: None, or 'se' for `SqueezeExcite`."""
+    if kind is None:
+        return None
+    if kind == "se":
+        return SqueezeExcite(channels)
+    raise ValueError(f"unknown attention {kind!r}; choose None or 'se'")
+
+
 class BasicBlock(nn.Module):
-    """Two 3x3 convs (ResNet-18/34 and the CIFAR nets). `shortcut=None` makes it a plain block."""
+    """Two 3x3 convs (ResNet-18/34 and the CIFAR nets). `shortcut=None` makes it a plain block.
+
+    attention: None or 'se' (squeeze-excitation on the residual branch, before the add).
+    """
 
     expansion = 1
 
-    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64):
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
+                 attention=None):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
@@ -48,6 +87,7 @@ class BasicBlock(nn.Module):
         self.bn1 = BatchNorm(planes)
         self.conv2 = conv(planes, planes, 3)
         self.bn2 = BatchNorm(planes)
+        self.se = make_attention(attention, planes)
         self.downsample = make_shortcut(shortcut, in_channels, planes, stride)
 
     def last_bn(self):
@@ -56,17 +96,23 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.se is not None:
+            out = self.se(out)
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return F.relu(out)
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 -> 1x1, stride on the 3x3 (ResNet v1.5); grouped and widened as torchvision."""
+    """1x1 -> 3x3 -> 1x1, stride on the 3x3 (ResNet v1.5); grouped and widened as torchvision.
+
+    attention: as `BasicBlock`'s.
+    """
 
     expansion = 4
 
-    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64):
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
+                 attention=None):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         out_channels = planes * self.expansion
@@ -77,6 +123,7 @@ class Bottleneck(nn.Module):
         self.bn2 = BatchNorm(width)
         self.conv3 = conv(width, out_channels, 1, padding=0)
         self.bn3 = BatchNorm(out_channels)
+        self.se = make_attention(attention, out_channels)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
 
     def last_bn(self):
@@ -86,6 +133,8 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.se is not None:
+            out = self.se(out)
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return F.relu(out)
@@ -96,10 +145,11 @@ class PreActBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64):
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
+                 attention=None):
         super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ValueError("PreActBasicBlock supports only groups=1 and base_width=64")
+        if groups != 1 or base_width != 64 or attention is not None:
+            raise ValueError("PreActBasicBlock supports only groups=1, base_width=64, no attention")
         self.bn1 = BatchNorm(in_channels)
         self.conv1 = conv(in_channels, planes, 3, stride=stride)
         self.bn2 = BatchNorm(planes)
@@ -119,8 +169,11 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64):
+    def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
+                 attention=None):
         super().__init__()
+        if attention is not None:
+            raise ValueError("PreActBottleneck has no attention")
         width = int(planes * (base_width / 64.0)) * groups
         out_channels = planes * self.expansion
         self.bn1 = BatchNorm(in_channels)

@@ -35,3 +35,9 @@ def max_pool(x, kernel_size: int, stride: int, padding: int = 0):
 def global_avg_pool(x):
     """AdaptiveAvgPool2d((1, 1)) followed by flatten: (N, C, H, W) -> (N, C)."""
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def AvgPool(kernel_size: int, stride: int):  # noqa: N802 - mirrors the Flax class
+    """nn.AvgPool2d with ceil_mode=True and count_include_pad=False, as timm's ResNet-D shortcut."""
+    return nn.AvgPool2d(kernel_size, stride, ceil_mode=True, count_include_pad=False)
+

@@ -15,11 +15,19 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block, layers, *, widths=(64, 128, 256, 512), num_classes=1000,
-                 in_channels=3, stem="imagenet", maxpool=True, stem_width=64, shortcut="B",
-                 groups=1, base_width=64, preact=False, zero_init_residual=False):
+                 in_channels=3, stem="imagenet", maxpool=True, stem_width=64,
+                 deep_stem_widths=(32, 32), shortcut="B", groups=1, base_width=64, attention=None,
+                 preact=False, zero_init_residual=False):
         super().__init__()
         if stem == "imagenet":
             self.conv1 = conv(in_channels, stem_width, 7, stride=2)
+        elif stem == "deep":
+            first, second = deep_stem_widths
+            self.conv1 = nn.Sequential(
+                conv(in_channels, first, 3, stride=2), BatchNorm(first), nn.ReLU(),
+                conv(first, second, 3), BatchNorm(second), nn.ReLU(),
+                conv(second, stem_width, 3),
+            )
         else:
             self.conv1 = conv(in_channels, stem_width, 3)
         self.bn1 = None if preact else BatchNorm(stem_width)
@@ -31,7 +39,7 @@ class ResNet(nn.Module):
             for block_index in range(depth):
                 stride = 2 if index > 0 and block_index == 0 else 1
                 blocks.append(block(channels, planes, stride, shortcut=shortcut, groups=groups,
-                                    base_width=base_width))
+                                    base_width=base_width, attention=attention))
                 channels = planes * block.expansion
             setattr(self, name, nn.Sequential(*blocks))
         self.final_bn = BatchNorm(channels) if preact else None
