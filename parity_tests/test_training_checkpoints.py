@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 from pathlib import Path
 
 import jax
@@ -16,11 +17,12 @@ import torch
 
 from flax_resnet.training import train
 from flax_resnet.training.config import TrainConfig
+from flax_resnet.training.event_files import EventWriter
 from flax_resnet.training.optim import make_optimizer
 from flax_resnet.training.setup import StepPlan
 from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
 from flax_resnet.training.progress import UnreadableCheckpoints
-from parity_tests.training_fixtures import assert_same_history, tiny
+from parity_tests.training_fixtures import assert_same_history, read_events, scalars, tiny
 from parity_tests.twins import relative_error
 from torch_ref.training.optim import load_optimizer_state, set_hyperparameters
 from torch_ref.training.optim import make_optimizer as make_torch_optimizer
@@ -196,3 +198,20 @@ def test_stop_requests_catch_the_first_signal_and_let_a_second_ctrl_c_through():
     with StopRequests(agree=lambda signum: agreed.append(signum) or signal.SIGTERM, every=10) as stop:
         assert stop.check(7) is None and agreed == []  # between agreement steps: no collective
         assert stop.check(10) == signal.SIGTERM and agreed == [0]  # another process was signalled
+
+
+def test_a_run_resumed_within_the_same_second_keeps_the_earlier_event_file(tmp_path, monkeypatch):
+    """tensorboardX names event files by the second; two writers in one second write two files,
+    and reading them in name order puts the resumed run's restart marker after the first run's steps."""
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.5)  # both writers see the same second
+    for resumed_step, steps in ((0, (1, 2, 3)), (2, (3, 4))):
+        with EventWriter(tmp_path, learning_rate=lambda steps: np.zeros(len(steps))) as curves:
+            curves.open(resumed_step)
+            curves.begin_epoch()
+            for step in steps:
+                curves.step(step, {"loss": 1.0 * step, "count": 1.0})
+            curves.flush()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    events = read_events(tmp_path)
+    assert [e.step for e in events if e.session_log.status == e.session_log.START] == [3]
+    assert sorted(scalars(events, "train/loss")) == [1, 2, 3, 4]

@@ -67,7 +67,10 @@ class EventWriter:
         if not self.enabled:
             return
         EventsWriter, self._event, session_log, self._summary = _tensorboardx()
-        self._writer = EventsWriter(os.path.join(self.folder, "events"))
+        # tensorboardX names the file by the second; a run resumed within the same second would
+        # overwrite the earlier file. The nanoseconds keep both, in the order TensorBoard reads them.
+        self._writer = EventsWriter(os.path.join(self.folder, "events"),
+                                    filename_suffix=f".{time.time_ns() % 10**9:09d}")
         if resumed_step:  # TensorBoard drops earlier files' events from this step on
             self._writer.write_event(self._event(wall_time=time.time(), step=resumed_step + 1,
                                                  session_log=session_log(status=session_log.START)))
