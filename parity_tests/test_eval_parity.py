@@ -4,8 +4,10 @@ Every variant, an even and an odd input size, every stage's activation as well a
 each computed four times: torch and Flax, float64 and float32.
 
 - float64: every stage agrees to FLOAT64_TOLERANCE, which shows the two frameworks compute the
-  same function (float64 rounding through the deepest net stays orders below it, and a wrong
-  padding, layout or statistic is orders above).
+  same function (a wrong padding, layout or statistic is orders above it). Where a deep plain net
+  amplifies even float64 rounding past it (plain110's third stage at 32x32: 2.7e-8), Flax is held
+  to NOISE_FACTOR times torch's own float64 rounding noise, the change from running torch's
+  float64 forward in channels_last (other summation orders), measured in the same test.
 - float32: every stage within 1e-5, or within NOISE_FACTOR times torch's own float32 error
   against float64 at that stage, whichever is larger: a net so deep that float32 rounding grows
   past 1e-5 (plain110's third stage) is held to what float32 can resolve, measured here, on the
@@ -37,9 +39,12 @@ def twins(request):
     return request.param, torch_model, flax_model
 
 
-def torch_stages(model, images):
+def torch_stages(model, images, memory_format=torch.contiguous_format):
+    model = model.to(memory_format=memory_format)
     with torch.no_grad():
-        return {stage: to_nhwc(value.numpy()) for stage, value in model.stages(torch.from_numpy(images)).items()}
+        stages = model.stages(torch.from_numpy(images).to(memory_format=memory_format))
+    model.to(memory_format=torch.contiguous_format)
+    return {stage: to_nhwc(value.contiguous().numpy()) for stage, value in stages.items()}
 
 
 def flax_stages(model, images):
@@ -57,12 +62,18 @@ def test_every_stage_and_the_logits_match(twins, float64_enabled):
         flax64 = flax_stages(flax_model64, nhwc.astype(np.float64))
         flax32 = flax_stages(flax_model, nhwc)
         assert list(flax32) == list(flax64) == list(exact)
+        reordered = None  # torch's float64 forward in channels_last: other summation orders
         for stage, reference in exact.items():
             where = f"{name} {stage} at {height}x{width}"
             assert flax32[stage].shape == flax64[stage].shape == reference.shape, where
             assert flax32[stage].dtype == np.float32 and flax64[stage].dtype == np.float64, where
             error64 = relative_error(flax64[stage], reference)
-            assert error64 <= FLOAT64_TOLERANCE, f"{where}, float64: {error64:.2e}"
+            if error64 > FLOAT64_TOLERANCE:  # a deep plain net amplifies even float64 rounding
+                if reordered is None:
+                    reordered = torch_stages(torch_model64, nchw.astype(np.float64), torch.channels_last)
+                torch_noise = relative_error(reordered[stage], reference)
+                assert error64 <= NOISE_FACTOR * torch_noise, (
+                    f"{where}, float64: {error64:.2e} (torch's own float64 rounding noise {torch_noise:.2e})")
             error = relative_error(flax32[stage], torch32[stage])
             torch_rounding = relative_error(torch32[stage], reference)
             allowed = max(TOLERANCE, NOISE_FACTOR * torch_rounding)
