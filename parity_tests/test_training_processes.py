@@ -1,7 +1,8 @@
 """Two JAX processes over 127.0.0.1 train as one process with two devices does.
 
 scripts/launch.py starts two processes of scripts/train.py, one CPU device each, joined by gloo;
-each process puts its half of every global batch on its device, and BatchNorm normalizes over the
+each process reads only its half of every global batch (from the in-memory arrays, or decoding its
+own share of an ImageFolder tree) and puts it on its device, and BatchNorm normalizes over the
 whole batch through the collectives. The reference is one process with two devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=2): the same program, partitioned the same way.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parity_tests.image_trees import write_digit_tree
 from parity_tests.training_fixtures import exported_weights
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +31,20 @@ def run(command: list[str], devices: int) -> subprocess.CompletedProcess:
     # subprocess.run kills the command when the deadline passes; the launcher's processes die with it.
     return subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=DEADLINE)
+
+
+def assert_same_run(folder, reference):
+    """metrics.jsonl and the exported weights of two runs agree to float tolerance."""
+    histories = [[json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+                 for path in (folder, reference)]
+    assert len(histories[0]) == len(histories[1])
+    for a, b in zip(*histories):
+        for key in ("train_loss", "test_loss", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["epoch"], key)
+        assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], abs=1 / 64)
+    weights, expected = exported_weights(folder), exported_weights(reference)
+    for key, value in expected.items():  # BatchNorm running statistics included
+        np.testing.assert_allclose(weights[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 def test_two_processes_train_as_one_process_with_two_devices(mnist_dir, tmp_path):
@@ -48,12 +64,50 @@ def test_two_processes_train_as_one_process_with_two_devices(mnist_dir, tmp_path
     assert "epoch   1/1" in two.stdout and "[process 1] epoch" not in two.stdout
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
 
-    histories = [[json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-                 for name in ("two", "one")]
-    for a, b in zip(*histories):
-        for key in ("train_loss", "test_loss", "lr"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["epoch"], key)
-        assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], abs=1 / 64)
-    weights_two, weights_one = exported_weights(tmp_path / "two"), exported_weights(tmp_path / "one")
-    for key, value in weights_one.items():  # BatchNorm running statistics included
-        np.testing.assert_allclose(weights_two[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+    assert_same_run(tmp_path / "two", tmp_path / "one")
+
+
+# scripts/train.py as one process of a launched run; process 1 alone sends itself SIGTERM right
+# after train step `at_step`. argv: at_step, then train.py's arguments (the launcher's at the end).
+SIGNALLING_DRIVER = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+at_step = int(sys.argv.pop(1))
+if sys.argv[sys.argv.index("--process-id") + 1] == "1":
+    from flax_resnet.training import progress
+    original = progress.StepEvents.after_step
+    def after_step(self, steps_done, *args, **kwargs):
+        if (self.epoch - 1) * self.steps_per_epoch + steps_done == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, steps_done, *args, **kwargs)
+    progress.StepEvents.after_step = after_step
+import runpy
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def test_streamed_processes_stop_together_on_one_signal_and_resume_as_one_run(tmp_path):
+    """An ImageFolder tree streamed by two processes. Process 1 alone gets SIGTERM at step 2; the
+    processes agree on stopping at the next agreement step (10, in epoch 2), checkpoint there and
+    exit with 143; the same command resumes. The result is the uninterrupted one-process run's."""
+    tree = write_digit_tree(tmp_path / "digits", train_per_class=6, val_per_class=2)  # 7 steps of 8
+    argv = ["--model", "resnet20", "--dataset", "imagefolder", "--data-dir", str(tree), "--image-size", "28",
+            "--batch-size", "8", "--epochs", "2", "--lr", "0.002", "--eval-batch-size", "8", "--workers", "0",
+            "--no-progress"]
+    driver = tmp_path / "signalling_train.py"
+    driver.write_text(SIGNALLING_DRIVER.format(repo=str(REPO), train=str(REPO / "scripts" / "train.py")))
+    two = ["--workdir", str(tmp_path / "two")]
+
+    stopped = run(["scripts/launch.py", "--nproc", "2", "--", str(driver), "2", *argv, *two], devices=1)
+    assert stopped.returncode == 143, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "stopped by SIGTERM" in stopped.stderr and "to resume, run the same command" in stopped.stderr
+    assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 finished
+
+    resumed = run(["scripts/launch.py", "--nproc", "2", "--", "scripts/train.py", *argv, *two], devices=1)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "in epoch 2 after step 3 of 7 (train step 10)" in resumed.stdout
+
+    one = run(["scripts/train.py", *argv, "--workdir", str(tmp_path / "one")], devices=2)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert_same_run(tmp_path / "two", tmp_path / "one")
