@@ -88,9 +88,10 @@ runpy.run_path({train!r}, run_name="__main__")
 
 
 def test_streamed_processes_stop_together_on_one_signal_and_resume_as_one_run(tmp_path):
-    """An ImageFolder tree streamed by two processes. Process 1 alone gets SIGTERM at step 2; the
-    processes agree on stopping at the next agreement step (10, in epoch 2), checkpoint there and
-    exit with 143; the same command resumes. The result is the uninterrupted one-process run's."""
+    """An ImageFolder tree streamed by two processes, 7 steps an epoch. Process 1 alone gets SIGTERM
+    after step 8; the processes agree on stopping at the next agreement step (10: epoch 2, step 3),
+    checkpoint there and exit with 143; the same command resumes mid-epoch. The result is the
+    uninterrupted one-process run's. (A signal in epoch 1 would stop both at its end, step 7.)"""
     tree = write_digit_tree(tmp_path / "digits", train_per_class=6, val_per_class=2)  # 7 steps of 8
     argv = ["--model", "resnet20", "--dataset", "imagefolder", "--data-dir", str(tree), "--image-size", "28",
             "--batch-size", "8", "--epochs", "2", "--lr", "0.002", "--eval-batch-size", "8", "--workers", "0",
@@ -99,9 +100,10 @@ def test_streamed_processes_stop_together_on_one_signal_and_resume_as_one_run(tm
     driver.write_text(SIGNALLING_DRIVER.format(repo=str(REPO), train=str(REPO / "scripts" / "train.py")))
     two = ["--workdir", str(tmp_path / "two")]
 
-    stopped = run(["scripts/launch.py", "--nproc", "2", "--", str(driver), "2", *argv, *two], devices=1)
+    stopped = run(["scripts/launch.py", "--nproc", "2", "--", str(driver), "8", *argv, *two], devices=1)
     assert stopped.returncode == 143, stopped.stdout[-3000:] + stopped.stderr[-3000:]
-    assert "stopped by SIGTERM" in stopped.stderr and "to resume, run the same command" in stopped.stderr
+    assert "stopped by SIGTERM in epoch 2 after step 3 of 7" in stopped.stderr
+    assert "to resume, run the same command" in stopped.stderr
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 finished
 
     resumed = run(["scripts/launch.py", "--nproc", "2", "--", "scripts/train.py", *argv, *two], devices=1)
