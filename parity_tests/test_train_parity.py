@@ -1,12 +1,13 @@
 """Train mode: one forward/backward on ported twins gives the same outputs (batch statistics),
 the same updated running statistics and the same gradient for every parameter.
 
-Which variants: one of each distinct structure (family, block, stem, shortcut, attention,
-grouped convolutions, residual or plain), the shallowest, plus the deepest ImageNet and CIFAR nets
-(DEEPEST), where float32 rounding accumulates most. A deeper net of the same structure repeats
-the same blocks, whose forward every variant's eval parity test checks stage by stage; the train
-step of all of them in float64 would take most of the suite's time. Each runs the step four times:
-torch and Flax, float64 and float32.
+Which variants: every kind of part at least once (each family, block, stem, deep-stem widths,
+shortcut, attention, grouped convolution, residual or plain, stage widths), shallow nets first;
+and ALWAYS: torchvision's ResNet-18 and ResNet-50, the nets ported most, and the deepest ImageNet
+and CIFAR nets, where float32 rounding accumulates most. The other variants combine the same
+parts in more or wider blocks; the eval parity test checks every variant's forward stage by
+stage, and the train step of all of them in float64 would take most of the suite's time. Each
+runs the step four times: torch and Flax, float64 and float32.
 
 - float64: every output, running statistic and gradient agrees to 1e-6 relative (most to 1e-12),
   which shows the two frameworks compute the same function and the same gradient.
@@ -46,24 +47,29 @@ IMAGENET_SIZE = (33, 34)
 BATCH = 2
 
 
-DEEPEST = ("resnet152", "resnet110", "plain110")
+# torchvision's ResNet-18 and ResNet-50, the nets most ported; the deepest ImageNet and CIFAR nets.
+ALWAYS = ("resnet18", "resnet50", "resnet152", "resnet110", "plain110")
 
 
-def structure(name: str) -> tuple:
-    """What sets a variant's train step apart from another's, other than depth and width."""
+def features(name: str) -> set[tuple]:
+    """What a variant's train step is made of, other than depth and width: (feature, value) pairs."""
     spec = MODELS[name]
-    return (spec.family, spec.block, spec.residual, spec.stem, spec.deep_stem_widths if spec.stem == "deep" else None,
-            spec.shortcut, spec.options.get("shortcut"), spec.attention, spec.groups > 1, spec.widths)
+    return {("family", spec.family), ("block", (spec.family, spec.block)), ("residual", spec.residual),
+            ("stem", spec.stem),
+            ("deep stem", spec.deep_stem_widths if spec.stem == "deep" else None),
+            ("shortcut", spec.options.get("shortcut", spec.shortcut) if spec.residual else None),
+            ("attention", spec.attention), ("grouped", spec.groups > 1), ("widths", spec.widths)}
 
 
 def train_parity_variants() -> list[str]:
-    """The shallowest variant of each structure, then DEEPEST."""
-    chosen: dict[tuple, str] = {}
-    for name in MODELS:
-        key = structure(name)
-        if key not in chosen or sum(MODELS[name].layers) < sum(MODELS[chosen[key]].layers):
-            chosen[key] = name
-    return sorted(set(chosen.values()) | set(DEEPEST), key=list(MODELS).index)
+    """ALWAYS, and, shallowest first, each variant that brings a (feature, value) no earlier one had."""
+    covered: set[tuple] = set()
+    chosen = set(ALWAYS)
+    for name in sorted(MODELS, key=lambda n: (sum(MODELS[n].layers), MODELS[n].base_width * MODELS[n].groups)):
+        if features(name) - covered:
+            chosen.add(name)
+            covered |= features(name)
+    return [name for name in MODELS if name in chosen]
 
 
 def large(name: str) -> bool:
