@@ -78,12 +78,12 @@ def large(name: str) -> bool:
     return spec.block == "bottleneck" and (sum(spec.layers) > 16 or spec.base_width * spec.groups > 64)
 
 
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def _buffers(state: dict) -> dict[str, np.ndarray]:
     """BatchNorm's running statistics and counters: the part of a state_dict a train step changes."""
     return {k: np.asarray(v) for k, v in state.items() if k.endswith(BUFFER_SUFFIXES)}
-
-
-BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def torch_step(model, images, weights):

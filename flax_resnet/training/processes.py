@@ -1,4 +1,5 @@
-"""Several JAX processes as one run: start-up, agreement, and each process's part of a batch.
+"""Several JAX processes as one run: start-up, agreeing on a signal, barriers. (Which part of each
+batch a process reads is `flax_resnet.training.data.ProcessShard`.)
 
 JAX's multi-controller runtime: every process runs this same program, the jitted step spans the
 devices of all of them, and XLA's collectives (NCCL on GPUs, gloo over TCP on CPUs) join them.
