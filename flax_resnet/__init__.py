@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from flax_resnet.registry import list_models
+from flax_resnet.core.registry import list_models
 
 __all__ = ["create_model", "list_models", "load", "save"]
 

@@ -79,8 +79,8 @@ def numpy_state(model) -> dict[str, np.ndarray]:
 def make_trained_run(folder):
     """mnist_resnet trained for one epoch on the embedded digits (Flax), in `folder`: a run to start
     from. Returns (folder, its last metrics record)."""
+    from flax_resnet.core.config import TrainConfig
     from flax_resnet.training import train
-    from flax_resnet.training.config import TrainConfig
 
     result = train(TrainConfig(model="mnist_resnet", epochs=1, workdir=str(folder), progress=False))
     return folder, result.history[-1]

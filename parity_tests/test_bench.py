@@ -16,15 +16,16 @@ import pytest
 import torch
 from flax import nnx
 
-from flax_resnet.studies import benchmark, timing
-from torch_ref.studies import benchmark as torch_benchmark
-from flax_resnet.training.augment import AugmentSpec
-from flax_resnet.training.device_transforms import eval_transform
-from flax_resnet.training.config import TrainConfig
+from flax_resnet.core import timing
+from flax_resnet.core.augment import AugmentSpec
+from flax_resnet.core.config import TrainConfig
 from flax_resnet.porting.state_dict import load_torch_state_dict
+from flax_resnet.studies import benchmark
+from flax_resnet.training.device_transforms import eval_transform
 from flax_resnet.training.step import data_mesh, jit_train_step, put_batch, split_model
 from parity_tests.relu_patterns import float64_relu_pattern, pinned_flax_relus, pinned_torch_relus
 from parity_tests.twins import make_twins, relative_error
+from torch_ref.studies import benchmark as torch_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "resnet20", "--batch-size", "4", "--image-size", "16", "--steps", "1", "--warmup", "0"]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torchvision
 
+from flax_resnet.core.config import ConfigError, TrainConfig, validate
+from flax_resnet.core.data import DataError, load_data
+from flax_resnet.core.data.imagefolder import HOLDOUT_FRACTION, scan_image_folder
 from flax_resnet.training import train
-from flax_resnet.training.config import ConfigError, TrainConfig, validate
-from flax_resnet.training.data import DataError, load_data
-from flax_resnet.training.data.imagefolder import HOLDOUT_FRACTION, scan_image_folder
 from parity_tests.image_trees import random_image, save, write_mixed_tree
 
 

@@ -10,10 +10,10 @@ import pickle
 import numpy as np
 import pytest
 
-from flax_resnet.training.config import TrainConfig
-from flax_resnet.training.data import Dataset, ProcessShard, load_data
-from flax_resnet.training.data.loader import StreamedDataset
-from flax_resnet.training.sampling import epoch_order
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.data import Dataset, ProcessShard, load_data
+from flax_resnet.core.data.loader import StreamedDataset
+from flax_resnet.core.data.sampling import epoch_order
 from parity_tests.image_trees import write_mixed_tree
 
 BATCH = 6
@@ -202,7 +202,7 @@ def test_tfds_with_images_of_varying_size_is_streamed():
 
 
 def test_an_unprepared_dataset_says_how_to_prepare_it(tmp_path):
-    from flax_resnet.training.data import DataError
+    from flax_resnet.core.data import DataError
 
     for name, hint in (("imagenet2012", "ILSVRC2012_img_train.tar"), ("imagenette", "tfds build imagenette")):
         with pytest.raises(DataError, match="not prepared") as error:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from flax_resnet.core.config import TrainConfig
 from flax_resnet.training import train
-from flax_resnet.training.config import TrainConfig
 from parity_tests.image_trees import write_digit_tree
 
 

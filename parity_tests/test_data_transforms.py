@@ -11,7 +11,7 @@ import torchvision.transforms.functional as F
 from scipy import stats
 from torchvision.datasets.folder import pil_loader
 
-from flax_resnet.training.data.transforms import HostTransforms, decode_image, random_resized_crop_box
+from flax_resnet.core.data.transforms import HostTransforms, decode_image, random_resized_crop_box
 from parity_tests.image_trees import MODES, random_image, save
 
 SIZES = [(500, 375), (375, 500), (37, 61), (224, 224), (255, 257), (12, 9)]  # landscape, portrait, odd, tiny

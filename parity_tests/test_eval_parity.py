@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+from flax_resnet.core.registry import MODELS
 from flax_resnet.porting import to_torch_state_dict
-from flax_resnet.registry import MODELS
 from parity_tests.twins import as_float64, input_sizes, make_twins, random_images, relative_error, to_nhwc
 
 TOLERANCE = 1e-5

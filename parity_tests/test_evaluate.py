@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from flax_resnet.training.augment import AugmentSpec
+from flax_resnet.core.augment import AugmentSpec
 from flax_resnet.training.device_transforms import eval_transform
 from parity_tests.hub_fixtures import save_for_hf, save_pretrained, timm_model, transformers_model
 from parity_tests.training_fixtures import make_cifar_folder
@@ -79,7 +79,7 @@ def test_a_timm_directory_is_evaluated_with_its_own_preprocessing(tmp_path, cifa
     assert (preprocessing["crop_pct"], preprocessing["interpolation"], preprocessing["image_size"]) == \
         (cfg["crop_pct"], cfg["interpolation"], 48)
     # The metrics, recomputed from timm's own model on the same pixels.
-    from flax_resnet.training.data import load_dataset
+    from flax_resnet.core.data import load_dataset
 
     data = load_dataset("cifar10", cifar_dir)
     spec = AugmentSpec(tuple(cfg["mean"]), tuple(cfg["std"]), 0, False, 48, cfg["crop_pct"], cfg["interpolation"])

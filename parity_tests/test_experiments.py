@@ -18,13 +18,13 @@ from torch import nn
 
 import flax_resnet
 import torch_ref
-from flax_resnet.training.config import ConfigError, TrainConfig
-from flax_resnet.training.data import load_dataset
+from flax_resnet.core.config import ConfigError, TrainConfig
+from flax_resnet.core.data import load_dataset
+from flax_resnet.core.plan import prepare_run
+from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict
 from flax_resnet.studies.experiments import SUMMARY_KEYS, comparison_configs, gradient_batch, summary_record
 from flax_resnet.studies.gradient_flow import count_parameters, layer_gradient_norms, weight_forward_order
-from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict
 from flax_resnet.training.loop import build_model
-from flax_resnet.training.setup import prepare_run
 from parity_tests.twins import relative_error
 from torch_ref.studies import gradient_flow as torch_experiments
 

@@ -15,11 +15,11 @@ from safetensors.numpy import load_file
 
 import flax_resnet
 import torch_ref
-from flax_resnet.porting.init_from import open_init, starting_state
+from flax_resnet.core.config import ConfigError, TrainConfig, add_train_arguments, config_from_args
+from flax_resnet.core.initial_weights import initial_state_dict
+from flax_resnet.porting.fine_tune import open_init, starting_state
 from flax_resnet.porting.sources import build_model, read_source, resolve_variant
 from flax_resnet.training import train
-from flax_resnet.training.config import ConfigError, TrainConfig, add_train_arguments, config_from_args
-from flax_resnet.training.initial_weights import initial_state_dict
 from parity_tests.hub_fixtures import save_for_hf, timm_model
 from parity_tests.training_fixtures import tiny
 from parity_tests.twins import randomize_batchnorm, relative_error

@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from flax_resnet.studies import timing
-from flax_resnet.training.augment import AugmentSpec
-from flax_resnet.training.config import ConfigError, OneLineErrorParser, TrainConfig, add_train_arguments, \
-    config_from_args
-from flax_resnet.training.data.gather import gather_batch
-from flax_resnet.training.step import (data_mesh, jit_eval_step, matmul_precision, prefetch,
-                                       select_devices)
+from flax_resnet.core import timing
+from flax_resnet.core.augment import AugmentSpec
+from flax_resnet.core.config import ConfigError, OneLineErrorParser, TrainConfig, add_train_arguments, config_from_args
+from flax_resnet.core.data.gather import gather_batch
+from flax_resnet.training.step import data_mesh, jit_eval_step, matmul_precision, prefetch, select_devices
 from torch_ref.training.loop import memory_format, prefetch_to
 from torch_ref.training.step import select_device, set_tf32
 
@@ -111,7 +109,7 @@ def test_device_and_tf32_arguments():
         parser.parse_args(["--device", "tpu"])
     assert stopped.value.code == 2
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
-        from flax_resnet.training.config import validate
+        from flax_resnet.core.config import validate
         validate(TrainConfig(device="tpu"))
 
 
@@ -130,9 +128,9 @@ def test_a_run_asking_for_a_missing_gpu_stops_before_any_work(tmp_path, monkeypa
 
 @pytest.mark.parametrize("tf32,expected", [(False, "HIGHEST"), (True, "HIGH")])
 def test_tf32_flag_sets_the_precision_of_every_convolution_and_matmul(tf32, expected):
-    import flax_resnet
     from flax import nnx
 
+    import flax_resnet
     from flax_resnet.training.step import TrainState
 
     model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet20", rngs=nnx.Rngs(0)))  # shapes only

@@ -23,8 +23,16 @@ from flax_resnet.porting import hub
 from flax_resnet.porting.layouts import detect_spelling, from_twin, to_twin
 from flax_resnet.porting.sources import build_model, read_source, resolve_variant
 from flax_resnet.porting.state_dict import to_torch_state_dict
-from parity_tests.hub_fixtures import (TRANSFORMERS_CONFIGS, as_float64, numpy_state, save_for_hf, save_pretrained,
-                                       timm_model, torch_float64, transformers_model)
+from parity_tests.hub_fixtures import (
+    TRANSFORMERS_CONFIGS,
+    as_float64,
+    numpy_state,
+    save_for_hf,
+    save_pretrained,
+    timm_model,
+    torch_float64,
+    transformers_model,
+)
 from parity_tests.twins import randomize_batchnorm, relative_error
 
 REPO = Path(__file__).resolve().parents[1]

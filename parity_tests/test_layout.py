@@ -49,7 +49,7 @@ def test_no_module_outside_the_torch_twin_imports_both_the_training_package_and_
 def test_the_torch_twin_never_imports_flax(path):
     modules = imported_modules(path)
     assert not names_any(modules, "flax", "flax_resnet.models", "flax_resnet.porting", "flax_resnet.training.loop",
-                         "flax_resnet.training.step", "flax_resnet.training.optim", "flax_resnet.training.checkpoints",
+                         "flax_resnet.training.step", "flax_resnet.training.optim", "flax_resnet.training.run_checkpoints",
                          "flax_resnet.training.processes", "flax_resnet.studies.benchmark",
                          "flax_resnet.studies.gradient_flow")
     if "models" in path.parts:
@@ -83,11 +83,11 @@ def test_the_flax_trainer_loads_no_torch():
 
 
 def test_the_plain_modules_import_without_jax_or_torch():
-    loaded = loaded_after("import flax_resnet, flax_resnet.files, flax_resnet.training.config, "
-                          "flax_resnet.training.setup, flax_resnet.training.sampling, "
-                          "flax_resnet.training.initial_weights, flax_resnet.training.workdir, flax_resnet.studies.timing, "
-                          "flax_resnet.training.schedule, flax_resnet.training.progress, "
-                          "flax_resnet.training.interrupts, flax_resnet.training.event_files, "
-                          "flax_resnet.training.launcher, flax_resnet.training.init_from, flax_resnet.training.evaluate\n"
+    loaded = loaded_after("import flax_resnet, flax_resnet.core.files, flax_resnet.core.config, "
+                          "flax_resnet.core.plan, flax_resnet.core.data.sampling, "
+                          "flax_resnet.core.initial_weights, flax_resnet.core.run.workdir, flax_resnet.core.timing, "
+                          "flax_resnet.core.schedule, flax_resnet.core.run.progress, "
+                          "flax_resnet.core.run.interrupts, flax_resnet.core.run.event_files, "
+                          "flax_resnet.core.run.launcher, flax_resnet.core.run.init_from, flax_resnet.core.evaluation\n"
                           "flax_resnet.list_models()")
     assert not loaded & {"jax", "jaxlib", "flax", "optax", "orbax", "torch"}

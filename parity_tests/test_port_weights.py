@@ -22,13 +22,14 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.porting.checkpoint import CheckpointError, full_kwargs, model_skeleton
-from flax_resnet.porting.inference import AmbiguousVariantError, VariantError, infer_variant
+from flax_resnet.core.registry import MODELS, full_kwargs
+from flax_resnet.models import model_skeleton
+from flax_resnet.models.seeds import MnistResNet
 from flax_resnet.porting import port as port_sequence
 from flax_resnet.porting import sources
+from flax_resnet.porting.checkpoint import CheckpointError
+from flax_resnet.porting.inference import AmbiguousVariantError, VariantError, infer_variant
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict
-from flax_resnet.registry import MODELS
-from flax_resnet.models.seeds import MnistResNet
 from flax_resnet.porting.torch_files import read_torch_file, write_torch_file
 from flax_resnet.porting.verify import DEFAULT_TOLERANCE, verify_port
 from parity_tests.twins import randomize_batchnorm

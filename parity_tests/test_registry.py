@@ -8,7 +8,7 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.registry import MODELS, TIMM_MODELS, TORCHVISION_MODELS
+from flax_resnet.core.registry import MODELS, TIMM_MODELS, TORCHVISION_MODELS
 
 # torchvision's weight metadata (REFERENCE_FIGURES.md), exact.
 TORCHVISION_PARAMS = {

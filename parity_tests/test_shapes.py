@@ -13,7 +13,7 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.registry import MODELS
+from flax_resnet.core.registry import MODELS
 from parity_tests.twins import family, input_channels
 
 SIZES = {

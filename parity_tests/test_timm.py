@@ -18,10 +18,10 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.porting.checkpoint import full_kwargs, model_skeleton
+from flax_resnet.core.registry import TIMM_MODELS, TORCHVISION_MODELS, full_kwargs
+from flax_resnet.models import model_skeleton
 from flax_resnet.porting.inference import VariantError, infer_variant
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict
-from flax_resnet.registry import TIMM_MODELS, TORCHVISION_MODELS
 from parity_tests.twins import randomize_batchnorm, relative_error, to_nhwc
 
 # The variants only timm has.

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import torch_ref
-from flax_resnet.registry import TORCHVISION_MODELS
+from flax_resnet.core.registry import TORCHVISION_MODELS
 from parity_tests.twins import randomize_batchnorm
 
 

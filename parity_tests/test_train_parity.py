@@ -29,11 +29,10 @@ import pytest
 import torch
 from flax import nnx
 
+from flax_resnet.core.registry import MODELS, resolve
 from flax_resnet.porting import state_to_torch, to_torch_state_dict
-from flax_resnet.registry import MODELS, resolve
 from parity_tests.relu_patterns import pinned_flax_relus, pinned_torch_relus, record_torch_relus
 from parity_tests.twins import as_float64, family, gradient_errors, make_twins, random_images, relative_error
-
 
 TOLERANCE = 1e-4
 FLOAT64_TOLERANCE = 1e-6

@@ -15,18 +15,17 @@ import optax
 import pytest
 import torch
 
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.plan import StepPlan
+from flax_resnet.core.run.event_files import EventWriter
+from flax_resnet.core.run.interrupts import StopRequests, TrainingInterrupted
+from flax_resnet.core.run.progress import UnreadableCheckpoints
 from flax_resnet.training import train
-from flax_resnet.training.config import TrainConfig
-from flax_resnet.training.event_files import EventWriter
 from flax_resnet.training.optim import make_optimizer
-from flax_resnet.training.setup import StepPlan
-from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
-from flax_resnet.training.progress import UnreadableCheckpoints
 from parity_tests.training_fixtures import assert_same_history, read_events, scalars, tiny
 from parity_tests.twins import relative_error
 from torch_ref.training.optim import load_optimizer_state, set_hyperparameters
 from torch_ref.training.optim import make_optimizer as make_torch_optimizer
-
 
 
 def truncate_largest_array_file(checkpoint: Path) -> Path:

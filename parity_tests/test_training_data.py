@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax_resnet.core.augment import AugmentSpec
+from flax_resnet.core.data import DataError, load_dataset
 from flax_resnet.training import device_transforms
-from flax_resnet.training.augment import AugmentSpec
-from flax_resnet.training.data import DataError, load_dataset
 from parity_tests.training_fixtures import make_cifar_folder, make_mnist_folder
 
 # --------------------------------------------------------------------------------------------

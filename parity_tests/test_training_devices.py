@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 TWO_DEVICES = """
 import json, sys
 import jax
-from flax_resnet.training.config import TrainConfig
+from flax_resnet.core.config import TrainConfig
 from flax_resnet.training import train
 assert jax.device_count() == 2, jax.devices()
 print(json.dumps(train(TrainConfig.from_json(json.loads(sys.argv[1]))).history))

@@ -40,7 +40,7 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test runner may have handed it
 mode, step, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 
 if mode in ("SIGTERM", "SIGINT"):  # after the checkpoint of `step`, as if the signal came then
-    import flax_resnet.training.checkpoints as flax_checkpoints, torch_ref.training.checkpoints as torch_checkpoints
+    import flax_resnet.training.run_checkpoints as flax_checkpoints, torch_ref.training.run_checkpoints as torch_checkpoints
     for module in (flax_checkpoints, torch_checkpoints):
         def save(self, *args, _original=module.RunCheckpoints.save, **kwargs):
             _original(self, *args, **kwargs)

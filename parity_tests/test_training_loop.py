@@ -16,12 +16,18 @@ import torch
 from safetensors.torch import load_file
 
 import torch_ref
-from flax_resnet.training.config import (PRESETS, ConfigError, OneLineErrorParser, TrainConfig, add_train_arguments,
-                                config_from_args)
+from flax_resnet.core.config import (
+    PRESETS,
+    ConfigError,
+    OneLineErrorParser,
+    TrainConfig,
+    add_train_arguments,
+    config_from_args,
+)
+from flax_resnet.core.registry import MODELS
+from flax_resnet.core.run.workdir import TrainingDiverged
 from flax_resnet.porting.state_dict import to_torch_state_dict
-from flax_resnet.registry import MODELS
 from flax_resnet.training import train
-from flax_resnet.training.workdir import TrainingDiverged
 from parity_tests.training_fixtures import assert_same_history, read_events, scalars, tiny
 from parity_tests.twins import relative_error
 

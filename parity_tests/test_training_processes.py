@@ -74,7 +74,7 @@ import os, signal, sys
 sys.path.insert(0, {repo!r})
 at_step = int(sys.argv.pop(1))
 if sys.argv[sys.argv.index("--process-id") + 1] == "1":
-    from flax_resnet.training import progress
+    from flax_resnet.core.run import progress
     original = progress.StepEvents.after_step
     def after_step(self, steps_done, *args, **kwargs):
         if (self.epoch - 1) * self.steps_per_epoch + steps_done == at_step:

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from flax_resnet.training.config import ConfigError, TrainConfig, validate
-from flax_resnet.training.schedule import make_schedule
-from flax_resnet.training.setup import StepPlan
+from flax_resnet.core.config import ConfigError, TrainConfig, validate
+from flax_resnet.core.plan import StepPlan
+from flax_resnet.core.schedule import make_schedule
 
 # torch's LinearLR refuses start_factor 0; ours warms up from exactly 0, its limit. With this start
 # factor torch's lr differs from that limit by at most START_FACTOR * peak.

@@ -14,12 +14,12 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.training.augment import AugmentSpec
-from flax_resnet.training.device_transforms import eval_transform
-from flax_resnet.training.config import TrainConfig
-from flax_resnet.training.optim import make_optimizer
-from flax_resnet.training.setup import StepPlan
+from flax_resnet.core.augment import AugmentSpec
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.plan import StepPlan
 from flax_resnet.porting.state_dict import to_torch_state_dict
+from flax_resnet.training.device_transforms import eval_transform
+from flax_resnet.training.optim import make_optimizer
 from flax_resnet.training.step import cross_entropy, data_mesh, jit_train_step, put_batch, split_model
 from parity_tests.relu_patterns import pinned_flax_relus, pinned_torch_relus, record_torch_relus
 from parity_tests.twins import relative_error

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import torch_ref
-from flax_resnet.training.config import TrainConfig
+from flax_resnet.core.config import TrainConfig
 from flax_resnet.training import train
 from parity_tests.training_fixtures import assert_same_history, tiny
 from parity_tests.twins import relative_error

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from flax_resnet.training.config import TrainConfig
+from flax_resnet.core.config import TrainConfig
 
 TIMING = ("images_per_sec", "seconds")  # the only metrics that differ between identical runs
 

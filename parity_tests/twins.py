@@ -10,8 +10,8 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
+from flax_resnet.core.registry import MODELS
 from flax_resnet.porting.state_dict import load_torch_state_dict
-from flax_resnet.registry import MODELS
 
 
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:

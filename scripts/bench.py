@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from tqdm import tqdm  # noqa: E402
 
-from flax_resnet.registry import MODELS, OPTION_CHOICES  # noqa: E402
-from flax_resnet.studies.timing import PRECISIONS, BenchConfig, format_table  # noqa: E402
-from flax_resnet.training.config import DEVICES  # noqa: E402
+from flax_resnet.core.config import DEVICES  # noqa: E402
+from flax_resnet.core.registry import MODELS, OPTION_CHOICES  # noqa: E402
+from flax_resnet.core.timing import PRECISIONS, BenchConfig, format_table  # noqa: E402
 
 
 def _bool(text: str) -> bool:
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     # Both frameworks share one GPU here: JAX must not take 75 % of its memory up front.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     # Imported after the arguments are checked: JAX and torch take seconds to load.
+    from flax_resnet.core.timing import run_benchmark
     from flax_resnet.studies.benchmark import measure_loop_costs, measure_training_loop
-    from flax_resnet.studies.timing import run_benchmark
 
     with tqdm(desc="bench", unit="stage", leave=False) as bar:
         def progress(message):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.training.config import PRESETS, ConfigError, OneLineErrorParser, add_train_arguments  # noqa: E402
+from flax_resnet.core.config import PRESETS, ConfigError, OneLineErrorParser, add_train_arguments  # noqa: E402
 from flax_resnet.studies.experiments import EXPERIMENTS, comparison_configs  # noqa: E402
 
 OWN_OPTIONS = ("models", "experiment", "recipe")
@@ -53,9 +53,9 @@ def main(argv=None) -> int:
         parser.error(str(error))
 
     # Imported after the arguments are checked: JAX and torch take seconds to load.
-    from flax_resnet.training.data import DataError
+    from flax_resnet.core.data import DataError
+    from flax_resnet.core.run.workdir import TrainingDiverged
     from flax_resnet.studies.experiments import compare
-    from flax_resnet.training.workdir import TrainingDiverged
 
     first = next(iter(configs.values()))
     title = f"{own['experiment'] or 'comparison'} on {first.dataset} ({first.framework})"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.training.config import ConfigError, OneLineErrorParser  # noqa: E402
-from flax_resnet.training.evaluate import EvalRequest, evaluate, report_lines  # noqa: E402
+from flax_resnet.core.config import ConfigError, OneLineErrorParser  # noqa: E402
+from flax_resnet.core.evaluation import EvalRequest, evaluate, report_lines  # noqa: E402
 
 
 def parse_args(argv):
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         mean=None if args.mean is None else tuple(args.mean), std=None if args.std is None else tuple(args.std),
         crop_pct=args.crop_pct, interpolation=args.interpolation, key=args.key, model=args.model,
         model_options=options, progress=args.progress)
-    from flax_resnet.training.data import DataError
+    from flax_resnet.core.data import DataError
 
     try:
         report = evaluate(request)

@@ -59,6 +59,6 @@ step eval_parity 120 "$PYTHON" -m pytest -q -p no:cacheprovider -n 0 "$PARITY[re
     "$PARITY[resnet50]" "$PARITY[preact_resnet18]" "$PARITY[resnext50_32x4d]"
 tail -n 1 "$OUT_DIR/eval_parity.log" > "$OUT_DIR/eval_parity.txt" 2>/dev/null
 
-"$PYTHON" -c "import sys; from flax_resnet.studies.timing import gpu_check_table; print(gpu_check_table(sys.argv[1]))" \
+"$PYTHON" -c "import sys; from flax_resnet.core.timing import gpu_check_table; print(gpu_check_table(sys.argv[1]))" \
     "$OUT_DIR" > "$OUT_DIR/table.md"
 cat "$OUT_DIR/table.md"

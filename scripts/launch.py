@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.training.launcher import launch  # noqa: E402
+from flax_resnet.core.run.launcher import launch  # noqa: E402
 
 
 def main(argv=None) -> int:

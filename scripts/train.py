@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.training.config import ConfigError, OneLineErrorParser, add_train_arguments, config_from_args  # noqa: E402
-from flax_resnet.training.launcher import RESUME_COMMAND_VARIABLE  # noqa: E402 - set by scripts/launch.py
+from flax_resnet.core.config import ConfigError, OneLineErrorParser, add_train_arguments, config_from_args  # noqa: E402
+from flax_resnet.core.run.launcher import RESUME_COMMAND_VARIABLE  # noqa: E402 - set by scripts/launch.py
 
 
 def main(argv=None) -> int:
@@ -37,11 +37,11 @@ def main(argv=None) -> int:
         parser.error(str(error))
 
     # Imported after the arguments are checked: JAX and torch take seconds to load.
-    from flax_resnet.training.data import DataError
+    from flax_resnet.core.data import DataError
+    from flax_resnet.core.run.interrupts import TrainingInterrupted, resume_command
+    from flax_resnet.core.run.progress import UnreadableCheckpoints
+    from flax_resnet.core.run.workdir import TrainingDiverged
     from flax_resnet.training import train
-    from flax_resnet.training.interrupts import TrainingInterrupted, resume_command
-    from flax_resnet.training.progress import UnreadableCheckpoints
-    from flax_resnet.training.workdir import TrainingDiverged
 
     try:
         train(config)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flax import nnx
 
+from flax_resnet.core.registry import full_kwargs, resnet_arguments, resolve
 from flax_resnet.models.blocks import BLOCKS
 from flax_resnet.models.resnet import ResNet
 from flax_resnet.models.seeds import D2LResNet18, MnistResNet
-from flax_resnet.registry import resnet_arguments, resolve
 
-__all__ = ["ResNet", "D2LResNet18", "MnistResNet", "create_model"]
+__all__ = ["ResNet", "D2LResNet18", "MnistResNet", "create_model", "model_skeleton"]
 
 # What `flax_resnet.save` needs to rebuild a model: `(name, ((key, value), ...))`, a tuple of
 # tuples so the attribute stays hashable graph data.
@@ -49,3 +49,14 @@ def _build(spec, num_classes, in_channels, options, rngs) -> nnx.Module:
         return MnistResNet(num_classes=num_classes, in_channels=in_channels, rngs=rngs)
     return ResNet(BLOCKS[spec.family, spec.block], spec.layers,
                   **resnet_arguments(spec, num_classes, in_channels, options), rngs=rngs)
+
+
+def model_skeleton(name: str, **kwargs) -> nnx.Module:
+    """The variant with shapes only (every value a jax.ShapeDtypeStruct), nothing initialized.
+
+    Cheap even for the big nets; fill it with `porting.load_torch_state_dict` or a checkpoint.
+    """
+    kwargs = full_kwargs(name, kwargs)
+    skeleton = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
+    attach_recipe(skeleton, name, kwargs)
+    return skeleton

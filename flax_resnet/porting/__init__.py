@@ -14,7 +14,11 @@
 Only `state_dict` is imported here; the others (torch among their imports) load when named.
 """
 
-from flax_resnet.porting.state_dict import (StateDictMismatchError, load_torch_state_dict, state_to_torch,
-                                            to_torch_state_dict)
+from flax_resnet.porting.state_dict import (
+                                            StateDictMismatchError,
+                                            load_torch_state_dict,
+                                            state_to_torch,
+                                            to_torch_state_dict,
+)
 
 __all__ = ["StateDictMismatchError", "load_torch_state_dict", "state_to_torch", "to_torch_state_dict"]

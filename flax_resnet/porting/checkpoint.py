@@ -26,9 +26,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.files import PathError, atomic_directory, checksum_problem, folder_checksums, summarize, write_json
-from flax_resnet.models import attach_recipe, create_model, model_recipe
-from flax_resnet.registry import resolve
+from flax_resnet.core.files import (
+    PathError,
+    atomic_directory,
+    checksum_problem,
+    folder_checksums,
+    summarize,
+    write_json,
+)
+from flax_resnet.core.registry import full_kwargs
+from flax_resnet.models import attach_recipe, model_recipe, model_skeleton
 
 FORMAT = "flax_resnet.checkpoint"
 VERSION = 1
@@ -46,23 +53,6 @@ def is_checkpoint(path) -> bool:
     return os.path.isfile(os.path.join(os.fspath(path), METADATA_FILE))
 
 
-def full_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """`create_model` keyword arguments with every default filled in; ValueError if invalid."""
-    kwargs = dict(kwargs)
-    num_classes, in_channels = kwargs.pop("num_classes", None), kwargs.pop("in_channels", None)
-    _, num_classes, in_channels, options = resolve(name, num_classes, in_channels, kwargs)
-    return {"num_classes": num_classes, "in_channels": in_channels, **options}
-
-
-def model_skeleton(name: str, **kwargs) -> nnx.Module:
-    """The variant with shapes only (every value a jax.ShapeDtypeStruct), nothing initialized.
-
-    Cheap even for the big nets; fill it with `porting.load_torch_state_dict` or a checkpoint.
-    """
-    kwargs = full_kwargs(name, kwargs)
-    skeleton = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
-    attach_recipe(skeleton, name, kwargs)
-    return skeleton
 
 
 def save(model: nnx.Module, path, *, model_name: str | None = None,

@@ -16,9 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from flax_resnet.porting.checkpoint import full_kwargs
+from flax_resnet.core.registry import MODELS, OPTION_CHOICES, full_kwargs
 from flax_resnet.porting.state_dict import canonical_key
-from flax_resnet.registry import MODELS, OPTION_CHOICES
 
 # Options the weights cannot show; the variant's default is used and reported as assumed.
 INVISIBLE_OPTIONS = ("maxpool",)

@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from flax_resnet.core.registry import TORCHVISION_MODELS
 from flax_resnet.porting import checkpoint, hub
 from flax_resnet.porting.hub import HubConfigError
 from flax_resnet.porting.inference import Variant
@@ -22,7 +23,6 @@ from flax_resnet.porting.sources import KINDS, Source, SourceError, build_model,
 from flax_resnet.porting.state_dict import to_torch_state_dict
 from flax_resnet.porting.torch_files import TORCH_SUFFIXES, WeightFileError, write_torch_file
 from flax_resnet.porting.verify import VerificationError, verify_port
-from flax_resnet.registry import TORCHVISION_MODELS
 
 VERIFY_FAILED = 3
 # --layout: how a PyTorch DST spells its keys.

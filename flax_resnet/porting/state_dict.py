@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_resnet.files import summarize
+from flax_resnet.core.files import summarize
 from flax_resnet.porting.layouts import canonical_key
 
 # Flax leaf name -> torch leaf name.

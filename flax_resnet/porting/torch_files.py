@@ -22,7 +22,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from flax_resnet.files import PathError, atomic_file, summarize
+from flax_resnet.core.files import PathError, atomic_file, summarize
 
 TORCH_SUFFIXES = (".pth", ".pt", ".safetensors")
 # Where training scripts commonly put the state_dict inside a saved dict, in the order tried

@@ -17,8 +17,8 @@ import torch
 from flax import nnx
 
 import torch_ref
+from flax_resnet.core.registry import MODELS
 from flax_resnet.porting.state_dict import canonical_key
-from flax_resnet.registry import MODELS
 
 # Float32 through ResNet-152 stays near 1e-5 relative; a mapping mistake is orders above it.
 DEFAULT_TOLERANCE = 1e-4

@@ -2,7 +2,7 @@
 
 The contestants are the Flax jit train and eval steps (the ones `scripts/train.py` compiles) and,
 with `untuned`, the same steps as plain lax with XLA's defaults. `torch_ref.studies.benchmark`
-is the twin; `flax_resnet.studies.timing.run_benchmark` times both sides in turns.
+is the twin; `flax_resnet.core.timing.run_benchmark` times both sides in turns.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import optax
 from flax import nnx
 
 import flax_resnet
+from flax_resnet.core.augment import AugmentSpec
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.timing import PIXEL_MEAN, PIXEL_STD, BenchConfig, Contestant, timed
 from flax_resnet.models import xla_cpu
-from flax_resnet.studies.timing import PIXEL_MEAN, PIXEL_STD, BenchConfig, Contestant, timed
-from flax_resnet.training.augment import AugmentSpec
-from flax_resnet.training.config import TrainConfig
-from flax_resnet.training.step import (data_mesh, jit_eval_step, jit_train_step, put_batch, select_devices,
-                                       split_model)
+from flax_resnet.training.step import data_mesh, jit_eval_step, jit_train_step, put_batch, select_devices, split_model
 
 
 def _xla_memory_mib(compiled) -> float | None:
@@ -119,10 +118,10 @@ def measure_training_loop(config: TrainConfig | None = None, rounds: int = 3) ->
     """The per-step time of `scripts/train.py`'s epoch loop (batch gathering, transfer, augmentation
     on device, metric sums, progress bar, divergence checks) against the same compiled step called
     on a batch already on the device. Epoch and bare pass alternate; medians over `rounds`."""
-    from flax_resnet.training.data import load_data
-    from flax_resnet.training.optim import make_optimizer
+    from flax_resnet.core.data import load_data
+    from flax_resnet.core.plan import AUGMENT_STREAM, prepare_run
     from flax_resnet.training.loop import build_model, compile_ahead
-    from flax_resnet.training.setup import AUGMENT_STREAM, prepare_run
+    from flax_resnet.training.optim import make_optimizer
 
     config = config or TrainConfig()
     data = load_data(config)
@@ -171,7 +170,7 @@ def measure_loop_cost(image_shape=(32, 32, 3), batch_size: int = 512, steps: int
     the bare step is the same no-op called on a batch already on the device. Epoch and bare pass
     alternate; medians over `rounds`. `loop_host_ms` is the difference per step.
     """
-    from flax_resnet.training.data import Dataset
+    from flax_resnet.core.data import Dataset
 
     rng_np = np.random.default_rng(0)
     images = rng_np.integers(0, 256, (steps * batch_size, *image_shape), dtype=np.uint8)

@@ -1,7 +1,7 @@
 """The data side, measured: loader throughput against torchvision's, the memory of a streamed
 training run, and the in-memory path against streaming on the same images.
 
-Plain Python (no JAX, no torch here): our loader is `flax_resnet.training.data`, the torchvision
+Plain Python (no JAX, no torch here): our loader is `flax_resnet.core.data`, the torchvision
 contestant is `torch_ref.studies.data_loading`, and training runs are `scripts/train.py` in a
 subprocess whose whole process tree (loader workers included) is sampled for memory.
 """
@@ -85,8 +85,8 @@ class LoaderBench:
 
 def our_batches(bench: LoaderBench, epoch: int):
     """The streaming loader's training batches (RandomResizedCrop + flip, uint8 NHWC)."""
-    from flax_resnet.training.config import TrainConfig
-    from flax_resnet.training.data import load_data
+    from flax_resnet.core.config import TrainConfig
+    from flax_resnet.core.data import load_data
 
     config = TrainConfig(model="resnet50", dataset="imagefolder", data_dir=bench.root, image_size=bench.image_size,
                          workers=bench.workers, batch_size=bench.batch_size)
@@ -277,7 +277,7 @@ def write_embedded_digits_tree(root) -> Path:
     """The embedded MNIST digits, as the in-memory path splits them, as PNGs in an ImageFolder."""
     from PIL import Image
 
-    from flax_resnet.training.data import load_dataset
+    from flax_resnet.core.data import load_dataset
 
     root = Path(root)
     if (root / ".complete").exists():

@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from flax_resnet.files import atomic_file, write_json
-from flax_resnet.registry import MODELS, OPTION_CHOICES
+from flax_resnet.core.config import EMBEDDED_DATASET, PRESETS, ConfigError, TrainConfig, config_from_args
+from flax_resnet.core.data import Dataset, load_dataset
+from flax_resnet.core.files import atomic_file, write_json
+from flax_resnet.core.plan import prepare_run
+from flax_resnet.core.registry import MODELS, OPTION_CHOICES
+from flax_resnet.core.run.workdir import Workdir
 from flax_resnet.training import train
-from flax_resnet.training.config import EMBEDDED_DATASET, PRESETS, ConfigError, TrainConfig, config_from_args
-from flax_resnet.training.data import Dataset, load_dataset
 from flax_resnet.training.device_transforms import eval_transform
-from flax_resnet.training.setup import prepare_run
-from flax_resnet.training.workdir import Workdir
 
 GRADIENT_FLOW = {"flax": "flax_resnet.studies.gradient_flow", "torch": "torch_ref.studies.gradient_flow"}
 

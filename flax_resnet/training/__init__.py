@@ -7,7 +7,7 @@ augmentation spec), `setup`, `sampling`, `schedule`, `initial_weights`, `data`, 
 and `evaluate` (scripts/evaluate.py); the last two load porting and each framework's half by
 name, when called. JAX only: `device_transforms`, `optim`, `step`, `checkpoints`, `processes`,
 `loop` (the Flax trainer), `predict` (evaluation's Flax half). The torch trainer is
-`torch_ref.training.loop`, evaluation's torch half `torch_ref.training.predict`; `train(config)`
+`torch_ref.training.loop`, evaluation's torch half `torch_ref.evaluation.predict`; `train(config)`
 runs whichever `config.framework` names.
 """
 

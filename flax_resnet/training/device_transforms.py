@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from flax_resnet.training.augment import AugmentSpec
+from flax_resnet.core.augment import AugmentSpec
 
 
 def to_unit_range(images):

@@ -17,26 +17,41 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_resnet.porting.checkpoint import model_skeleton
+from flax_resnet.core.config import ConfigError, TrainConfig, validate
+from flax_resnet.core.data import ProcessShard, TrainingData, load_data
+from flax_resnet.core.initial_weights import initial_state_dict
+from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run, resolve_precision
+from flax_resnet.core.run.event_files import EventWriter
+from flax_resnet.core.run.init_from import open_init, starting_state
+from flax_resnet.core.run.interrupts import StopRequests, TrainingInterrupted
+from flax_resnet.core.run.progress import Progress, StepEvents, UnreadableCheckpoints
+from flax_resnet.core.run.workdir import (
+    TrainingDiverged,
+    Workdir,
+    check_finite,
+    epoch_record,
+    live_metrics,
+    progress_bar,
+    summary_line,
+)
+from flax_resnet.core.schedule import learning_rate_at_step
+from flax_resnet.models import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
 from flax_resnet.training import processes
-from flax_resnet.training.checkpoints import RunCheckpoints
-from flax_resnet.training.config import ConfigError, TrainConfig, validate
-from flax_resnet.training.data import ProcessShard, TrainingData, load_data
-from flax_resnet.training.event_files import EventWriter
-from flax_resnet.training.init_from import open_init, starting_state
-from flax_resnet.training.initial_weights import initial_state_dict
-from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
 from flax_resnet.training.optim import make_optimizer
-from flax_resnet.training.progress import Progress, StepEvents, UnreadableCheckpoints
-from flax_resnet.training.schedule import learning_rate_at_step
-from flax_resnet.training.setup import (AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run,
-                                        resolve_precision)
-from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model,
-                                       prefetch, put_batch, replicated, select_devices,
-                                       split_model)
-from flax_resnet.training.workdir import (TrainingDiverged, Workdir, check_finite, epoch_record, live_metrics,
-                                          progress_bar, summary_line)
+from flax_resnet.training.run_checkpoints import RunCheckpoints
+from flax_resnet.training.step import (
+    batch_sharded,
+    data_mesh,
+    jit_eval_step,
+    jit_train_step,
+    merge_model,
+    prefetch,
+    put_batch,
+    replicated,
+    select_devices,
+    split_model,
+)
 
 __all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "UnreadableCheckpoints", "train"]
 

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flax_resnet.training.config import TrainConfig
-from flax_resnet.training.initial_weights import classifier_prefix
-from flax_resnet.training.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
-from flax_resnet.training.setup import StepPlan
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.plan import StepPlan
+from flax_resnet.core.registry import classifier_prefix
+from flax_resnet.core.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
 
 __all__ = ["make_optimizer", "make_schedule"]
 

@@ -1,5 +1,5 @@
 """Several JAX processes as one run: start-up, agreeing on a signal, barriers. (Which part of each
-batch a process reads is `flax_resnet.training.data.ProcessShard`.)
+batch a process reads is `flax_resnet.core.data.ProcessShard`.)
 
 JAX's multi-controller runtime: every process runs this same program, the jitted step spans the
 devices of all of them, and XLA's collectives (NCCL on GPUs, gloo over TCP on CPUs) join them.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from flax_resnet.training.config import TrainConfig
+from flax_resnet.core.config import TrainConfig
 
 
 def initialize(config: TrainConfig) -> None:

@@ -21,9 +21,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flax_resnet.core.augment import AugmentSpec
+from flax_resnet.core.config import ConfigError
 from flax_resnet.models import xla_cpu
-from flax_resnet.training.augment import AugmentSpec
-from flax_resnet.training.config import ConfigError
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -192,7 +192,7 @@ def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh):
     """The global batch on the mesh, split along the batch axis, from this process's part of it.
 
     With one process that part is the whole batch. With several, process i holds the i-th
-    contiguous slice of every global batch (`flax_resnet.training.data.ProcessShard`), and the global array is
+    contiguous slice of every global batch (`flax_resnet.core.data.ProcessShard`), and the global array is
     assembled from the pieces without any process holding the others'.
     """
     sharding = batch_sharded(mesh)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from flax_resnet.registry import resnet_arguments, resolve
+from flax_resnet.core.registry import resnet_arguments, resolve
 from torch_ref.models.blocks import BLOCKS
 from torch_ref.models.resnet import ResNet
 from torch_ref.models.seeds import D2LResNet18, MnistResNet

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-import torch
 from torch_ref.models.layers import AvgPool, BatchNorm, conv
 
 

@@ -1,7 +1,7 @@
 """The torch contestants of the benchmark: torch_ref's train and eval steps, eager or compiled,
 on the CPU or a CUDA GPU, NCHW or channels_last.
 
-The twin of `flax_resnet.studies.benchmark`; `flax_resnet.studies.timing` times them.
+The twin of `flax_resnet.studies.benchmark`; `flax_resnet.core.timing` times them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 import torch_ref
-from flax_resnet.studies.timing import BenchConfig, Contestant, timed
+from flax_resnet.core.timing import BenchConfig, Contestant, timed
 from torch_ref.training.step import autocast, select_device, set_tf32
 
 

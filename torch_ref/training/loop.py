@@ -24,20 +24,19 @@ import numpy as np
 import torch
 
 import torch_ref
-from flax_resnet.training.config import ConfigError, TrainConfig, validate
-from flax_resnet.training.data import TrainingData, load_data
+from flax_resnet.core.config import ConfigError, TrainConfig, validate
+from flax_resnet.core.data import TrainingData, load_data
+from flax_resnet.core.initial_weights import initial_state_dict
+from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run, resolve_precision
+from flax_resnet.core.run.event_files import EventWriter
+from flax_resnet.core.run.init_from import open_init, starting_state
+from flax_resnet.core.run.interrupts import StopRequests
+from flax_resnet.core.run.progress import Progress, StepEvents
+from flax_resnet.core.run.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
+from flax_resnet.core.schedule import learning_rate_at_step
 from flax_resnet.training.device_transforms import eval_transform, train_transform
-from flax_resnet.training.event_files import EventWriter
-from flax_resnet.training.init_from import open_init, starting_state
-from flax_resnet.training.initial_weights import initial_state_dict
-from flax_resnet.training.interrupts import StopRequests
-from flax_resnet.training.progress import Progress, StepEvents
-from flax_resnet.training.schedule import learning_rate_at_step
-from flax_resnet.training.setup import (AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run,
-                                        resolve_precision)
-from flax_resnet.training.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
-from torch_ref.training.checkpoints import RunCheckpoints
 from torch_ref.training.optim import make_optimizer
+from torch_ref.training.run_checkpoints import RunCheckpoints
 from torch_ref.training.step import eval_step, select_device, set_tf32, train_step
 
 

@@ -1,7 +1,7 @@
 """The optimizer of a TrainConfig in torch: the twin of `flax_resnet.training.optim`.
 
 torch.optim's own SGD, Adam and AdamW. Before every optimizer update the learning rate and the
-momentum (SGD) or beta1 (Adam, AdamW) are set from `flax_resnet.training.schedule`, the very
+momentum (SGD) or beta1 (Adam, AdamW) are set from `flax_resnet.core.schedule`, the very
 function of the update count the Flax trainer follows, as a torch LR scheduler's step() would.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from flax_resnet.training.config import TrainConfig
-from flax_resnet.training.initial_weights import classifier_prefix
-from flax_resnet.training.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
-from flax_resnet.training.setup import StepPlan
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.plan import StepPlan
+from flax_resnet.core.registry import classifier_prefix
+from flax_resnet.core.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan) -> tuple[torch.optim.Optimizer,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flax_resnet.training.config import ConfigError
+from flax_resnet.core.config import ConfigError
 from torch_ref.training.optim import set_hyperparameters
 
 

@@ -1,4 +1,4 @@
-"""The torch trainer's checkpoints: the twin of `flax_resnet.training.checkpoints`.
+"""The torch trainer's checkpoints: the twin of `flax_resnet.training.run_checkpoints`.
 
     checkpoints/step_<N>.pt     model state_dict, optimizer state and any partly accumulated gradient
     checkpoints/step_<N>.json   the run's Progress, and the .pt file's size and CRC-32
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from flax_resnet.files import atomic_file, checksum_problem, file_checksum, write_json
-from flax_resnet.training.progress import DAMAGED_FOLDER, Progress, diverged_parameters, newest_intact
-from flax_resnet.training.workdir import Workdir
+from flax_resnet.core.files import atomic_file, checksum_problem, file_checksum, write_json
+from flax_resnet.core.run.progress import DAMAGED_FOLDER, Progress, diverged_parameters, newest_intact
+from flax_resnet.core.run.workdir import Workdir
 from torch_ref.training.optim import load_optimizer_state
 
 PATTERN = re.compile(r"^step_(\d+)\.json$")

@@ -6,10 +6,10 @@
   (`imagefolder` trees, tfds datasets of varying image size), with torchvision's `transforms`.
 """
 
-from flax_resnet.training.data.base import Batches, EpochBatches, ProcessShard, TrainingData
-from flax_resnet.training.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
-from flax_resnet.training.data.memory import Dataset, load_dataset
-from flax_resnet.training.data.select import load_data
+from flax_resnet.core.data.base import Batches, EpochBatches, ProcessShard, TrainingData
+from flax_resnet.core.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
+from flax_resnet.core.data.memory import Dataset, load_dataset
+from flax_resnet.core.data.select import load_data
 
 __all__ = ["EMBEDDED_MNIST", "IMAGEFOLDER", "TORCHVISION_NAMES", "Batches", "DataError", "Dataset", "EpochBatches",
            "ProcessShard", "TrainingData", "load_data", "load_dataset"]

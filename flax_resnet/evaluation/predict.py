@@ -1,6 +1,6 @@
-"""Evaluation's Flax half: a model's logits for prepared pixels. Its twin is `torch_ref.training.predict`.
+"""Evaluation's Flax half: a model's logits for prepared pixels. Its twin is `torch_ref.evaluation.predict`.
 
-`flax_resnet.training.evaluate` runs the halves on the same pixels, made once by `eval_pixels`.
+`flax_resnet.core.evaluation` runs the halves on the same pixels, made once by `eval_pixels`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flax_resnet.porting.checkpoint import model_skeleton
+from flax_resnet.core.augment import AugmentSpec
+from flax_resnet.models import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict
-from flax_resnet.training.augment import AugmentSpec
 from flax_resnet.training.device_transforms import eval_transform
 
 

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flax_resnet.training.data.common import DataError
+from flax_resnet.core.data.common import DataError
 
 __all__ = ["Batches", "EpochBatches", "ProcessShard", "TrainingData"]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from flax_resnet.registry import resolve
+from flax_resnet.core.registry import resolve
 
 PRECISIONS = ("fp32", "bf16")
 # Both frameworks see the same normalized pixels: Flax gets uint8 and normalizes inside its step,

@@ -1,6 +1,6 @@
-"""Evaluation's torch half: the twin of `flax_resnet.training.predict`'s Predictor.
+"""Evaluation's torch half: the twin of `flax_resnet.evaluation.predict`'s Predictor.
 
-It takes the pixels `flax_resnet.training.evaluate` prepared once for every framework.
+It takes the pixels `flax_resnet.core.evaluation` prepared once for every framework.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ reads anything: orbax would read garbled array data without noticing, and a fail
 other reads pending on an event loop it has already closed ("RuntimeError: Event loop is closed"
 printed from orbax's threads, often while the interpreter exits). A damaged checkpoint is set
 aside in damaged-checkpoints/ with a warning, and the one before it is used.
-`torch_ref.training.checkpoints` is the twin.
+`torch_ref.training.run_checkpoints` is the twin.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from flax_resnet.files import checksum_problem, folder_checksums, write_json
+from flax_resnet.core.files import checksum_problem, folder_checksums, write_json
+from flax_resnet.core.run.progress import DAMAGED_FOLDER, Progress, diverged_parameters, newest_intact
+from flax_resnet.core.run.workdir import Workdir
 from flax_resnet.training import processes
-from flax_resnet.training.progress import DAMAGED_FOLDER, Progress, diverged_parameters, newest_intact
-from flax_resnet.training.workdir import Workdir
 
 MANIFEST = "files.json"
 

@@ -8,7 +8,7 @@ Three sources, picked by name:
   and 'label'), read from prepared data through `tfds.data_source` (no TensorFlow needed).
 
 For these small sets this is faster than streaming (BENCHMARKS.md). Normalization and
-augmentation happen later, on the device (`flax_resnet.training.augment`).
+augmentation happen later, on the device (`flax_resnet.core.augment`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flax_resnet.training.augment import channel_statistics
-from flax_resnet.training.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
-from flax_resnet.training.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
-from flax_resnet.training.data.gather import gather_batch
-from flax_resnet.training.data.tfds_source import held_out_split, open_builder, open_split, quiet_absl
-from flax_resnet.training.sampling import epoch_order, eval_batches
+from flax_resnet.core.augment import channel_statistics
+from flax_resnet.core.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
+from flax_resnet.core.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
+from flax_resnet.core.data.gather import gather_batch
+from flax_resnet.core.data.sampling import epoch_order, eval_batches
+from flax_resnet.core.data.tfds_source import held_out_split, open_builder, open_split, quiet_absl
 
 __all__ = ["EMBEDDED_MNIST", "TORCHVISION_NAMES", "DataError", "Dataset", "find_torchvision_folder", "load_dataset",
            "load_tfds_arrays"]
@@ -102,7 +102,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, test_fraction
         return _load_embedded_mnist(test_fraction)
     if name == IMAGEFOLDER:
         raise DataError("imagefolder data is streamed from its files, not held in memory: "
-                        "read it with flax_resnet.training.data.load_data(config)")
+                        "read it with flax_resnet.core.data.load_data(config)")
     found = find_torchvision_folder(name, data_dir)
     return found if found is not None else _load_tfds(name, data_dir)
 
@@ -270,7 +270,7 @@ def _load_tfds(name: str, data_dir) -> Dataset:
     builder = open_builder(name, data_dir)
     if None in tuple(builder.info.features["image"].shape):
         raise DataError(f"tfds dataset {name!r} has images of varying size; it is streamed (see "
-                        f"flax_resnet.training.data.load_data), not held in memory as one array")
+                        f"flax_resnet.core.data.load_data), not held in memory as one array")
     with quiet_absl():
         return load_tfds_arrays(builder)
 

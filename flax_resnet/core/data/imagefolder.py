@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flax_resnet.files import summarize
-from flax_resnet.training.data.memory import DataError
+from flax_resnet.core.data.memory import DataError
+from flax_resnet.core.files import summarize
 
 __all__ = ["HELD_OUT_FOLDERS", "HOLDOUT_FRACTION", "IMG_EXTENSIONS", "ImageFolderSplits", "PathTable",
            "find_classes", "scan_image_folder"]

@@ -23,11 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from flax_resnet.registry import MODELS
+from flax_resnet.core.registry import MODELS
 
 TORCH_DEFAULT_CONV_FAMILIES = ("d2l", "mnist")
-# The classifier's key prefix: the last layer of d2l's nn.Sequential; every other family calls it fc.
-CLASSIFIER_PREFIXES = {"d2l": "7."}
 _BLOCK_BN = re.compile(r"^(layer\d+\.\d+)\.bn(\d+)\.weight$")
 
 
@@ -50,10 +48,6 @@ def _last_block_norms(keys) -> set[str]:
                 last[block] = (index, key)
     return {key for _, key in last.values()}
 
-
-def classifier_prefix(name: str) -> str:
-    """The key prefix of the variant's classifier ('fc.'), the layer fine-tuning may replace."""
-    return CLASSIFIER_PREFIXES.get(MODELS[name].family, "fc.")
 
 
 def initial_state_dict(name: str, kwargs: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],

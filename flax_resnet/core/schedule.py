@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from flax_resnet.training.config import TrainConfig
-from flax_resnet.training.setup import StepPlan
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.plan import StepPlan
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's and AdamW's defaults, used by both frameworks
 ADAM_EPS = 1e-8

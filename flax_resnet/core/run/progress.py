@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flax_resnet.training.interrupts import StopRequests, TrainingInterrupted
-from flax_resnet.training.workdir import TrainingDiverged
+from flax_resnet.core.run.interrupts import StopRequests, TrainingInterrupted
+from flax_resnet.core.run.workdir import TrainingDiverged
 
 TOTALS = ("loss", "correct", "count")  # the train metric sums of an epoch
 DAMAGED_FOLDER = "damaged-checkpoints"  # in the run folder: checkpoints found damaged, set aside

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
-from flax_resnet.training.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
+from flax_resnet.core.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
 
 __all__ = ["TfdsSource", "held_out_split", "open_builder", "open_split", "unprepared_message"]
 

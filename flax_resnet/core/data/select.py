@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from flax_resnet.registry import resolve
-from flax_resnet.training.data.base import ProcessShard, TrainingData
-from flax_resnet.training.data.common import EMBEDDED_MNIST, IMAGEFOLDER, DataError
-from flax_resnet.training.data.imagefolder import scan_image_folder
-from flax_resnet.training.data.loader import StreamedDataset, default_workers
-from flax_resnet.training.data.memory import find_torchvision_folder, load_dataset, load_tfds_arrays
-from flax_resnet.training.data.tfds_source import TfdsSource, held_out_split, open_builder, open_split, quiet_absl
-from flax_resnet.training.data.transforms import HostTransforms
+from flax_resnet.core.data.base import ProcessShard, TrainingData
+from flax_resnet.core.data.common import EMBEDDED_MNIST, IMAGEFOLDER, DataError
+from flax_resnet.core.data.imagefolder import scan_image_folder
+from flax_resnet.core.data.loader import StreamedDataset, default_workers
+from flax_resnet.core.data.memory import find_torchvision_folder, load_dataset, load_tfds_arrays
+from flax_resnet.core.data.tfds_source import TfdsSource, held_out_split, open_builder, open_split, quiet_absl
+from flax_resnet.core.data.transforms import HostTransforms
+from flax_resnet.core.registry import resolve
 
 __all__ = ["DEFAULT_STREAMED_SIZE", "host_transforms", "load_data"]
 

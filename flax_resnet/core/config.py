@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Any
 
-from flax_resnet.registry import OPTION_CHOICES, resolve
+from flax_resnet.core.registry import OPTION_CHOICES, resolve
 
 __all__ = ["AUTO_PRECISION", "DEVICES", "EMBEDDED_DATASET", "FRAMEWORKS", "IMAGEFOLDER_DATASET", "LAUNCH_SETTINGS",
            "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError", "OneLineErrorParser",

@@ -45,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from flax_resnet.training.augment import channel_statistics
-from flax_resnet.training.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
-from flax_resnet.training.data.common import DataError
-from flax_resnet.training.data.transforms import HostTransforms, decode_image
-from flax_resnet.training.sampling import epoch_order
+from flax_resnet.core.augment import channel_statistics
+from flax_resnet.core.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
+from flax_resnet.core.data.common import DataError
+from flax_resnet.core.data.sampling import epoch_order
+from flax_resnet.core.data.transforms import HostTransforms, decode_image
 
 __all__ = ["HOST_AUGMENT_STREAM", "IMAGENET_MEAN", "IMAGENET_STD", "StreamedDataset", "default_workers"]
 

@@ -6,6 +6,7 @@ Plain Python only (no JAX, no torch), so either framework can import it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 IMAGENET_WIDTHS = (64, 128, 256, 512)
@@ -205,3 +206,19 @@ def resnet_arguments(spec: ModelSpec, num_classes: int, in_channels: int, option
         "zero_init_residual": options.get("zero_init_residual", False),
     }
 
+
+def full_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """`create_model` keyword arguments with every default filled in; ValueError if invalid."""
+    kwargs = dict(kwargs)
+    num_classes, in_channels = kwargs.pop("num_classes", None), kwargs.pop("in_channels", None)
+    _, num_classes, in_channels, options = resolve(name, num_classes, in_channels, kwargs)
+    return {"num_classes": num_classes, "in_channels": in_channels, **options}
+
+
+# The classifier's key prefix: the last layer of d2l's nn.Sequential; every other family calls it fc.
+CLASSIFIER_PREFIXES = {"d2l": "7."}
+
+
+def classifier_prefix(name: str) -> str:
+    """The key prefix of the variant's classifier ('fc.'), the layer fine-tuning may replace."""
+    return CLASSIFIER_PREFIXES.get(MODELS[name].family, "fc.")

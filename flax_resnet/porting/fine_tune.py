@@ -5,7 +5,7 @@ names none; the normalization and input size the weights expect, when the run se
 `starting_state` then gives every entry of the model's state_dict: the source's, except the
 classifier when the run has other classes (or the source has none), which starts as a
 from-scratch run's would. Any other difference is refused, listing the keys.
-Trainers reach this through `flax_resnet.training.init_from`, which imports neither framework.
+Trainers reach this through `flax_resnet.core.run.init_from`, which imports neither framework.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from flax_resnet.porting.checkpoint import full_kwargs
+from flax_resnet.core.initial_weights import initial_state_dict
+from flax_resnet.core.registry import classifier_prefix, full_kwargs
 from flax_resnet.porting.inference import Variant
 from flax_resnet.porting.sources import Source, SourceError, read_source, resolve_variant
 from flax_resnet.porting.state_dict import StateDictMismatchError
-from flax_resnet.training.initial_weights import classifier_prefix, initial_state_dict
 
 InitError = SourceError  # what the trainers turn into a ConfigError
 

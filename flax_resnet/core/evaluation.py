@@ -2,8 +2,8 @@
 
 The weights are read by porting (`flax_resnet.porting.sources.open_weights`: a Flax checkpoint,
 a PyTorch file, a transformers or timm directory, a run folder), the pixels made once per batch by
-the eval transform, and each framework's half (`flax_resnet.training.predict`,
-`torch_ref.training.predict`) is loaded by name, as `flax_resnet.training.train` loads a trainer.
+the eval transform, and each framework's half (`flax_resnet.evaluation.predict`,
+`torch_ref.evaluation.predict`) is loaded by name, as `flax_resnet.training.train` loads a trainer.
 So this module imports neither JAX nor torch, and both frameworks see the very same pixels.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from flax_resnet.training.augment import AugmentSpec, channel_statistics
-from flax_resnet.training.config import ConfigError
-from flax_resnet.training.data import load_dataset
-from flax_resnet.training.sampling import eval_batches
+from flax_resnet.core.augment import AugmentSpec, channel_statistics
+from flax_resnet.core.config import ConfigError
+from flax_resnet.core.data import load_dataset
+from flax_resnet.core.data.sampling import eval_batches
 
-PREDICTORS = {"flax": "flax_resnet.training.predict", "torch": "torch_ref.training.predict"}
+PREDICTORS = {"flax": "flax_resnet.evaluation.predict", "torch": "torch_ref.evaluation.predict"}
 WEIGHTS = "flax_resnet.porting.sources"
 TOP_K = 5
 

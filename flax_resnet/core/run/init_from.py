@@ -1,6 +1,6 @@
 """`--init-from`: both trainers start a fine-tuning run from the very same arrays. Framework-neutral.
 
-Reading weight files is porting's work (`flax_resnet.porting.init_from`: torch reads pickles,
+Reading weight files is porting's work (`flax_resnet.porting.fine_tune`: torch reads pickles,
 orbax reads Flax checkpoints). It is loaded by name, only when a run has `init_from`, the way
 `flax_resnet.training.train` loads a trainer; so this module imports neither JAX nor torch, and
 a torch run reads its source with the same code as a Flax run.
@@ -13,9 +13,9 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from flax_resnet.training.config import ConfigError, TrainConfig
+from flax_resnet.core.config import ConfigError, TrainConfig
 
-PORTING = "flax_resnet.porting.init_from"
+PORTING = "flax_resnet.porting.fine_tune"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ def open_init(config: TrainConfig, channels: int):
 def starting_state(opened, config: TrainConfig, model_kwargs: Mapping[str, Any],
                    shapes: Mapping[str, tuple[int, ...]]) -> Start:
     """The Start for a model with these state_dict `shapes` (see
-    `flax_resnet.porting.init_from.starting_state`). Raises ConfigError, one line listing the
+    `flax_resnet.porting.fine_tune.starting_state`). Raises ConfigError, one line listing the
     keys, when the source is another model."""
     porting = importlib.import_module(PORTING)
     try:

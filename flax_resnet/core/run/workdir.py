@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from flax_resnet.files import atomic_file, write_json, write_text
-from flax_resnet.training.config import LAUNCH_SETTINGS, ConfigError, TrainConfig, resume_differences
+from flax_resnet.core.config import LAUNCH_SETTINGS, ConfigError, TrainConfig, resume_differences
+from flax_resnet.core.files import atomic_file, write_json, write_text
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite. The message names the last good checkpoint."""

@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flax_resnet.registry import resolve
-from flax_resnet.training.augment import AugmentSpec, default_augment
-from flax_resnet.training.config import AUTO_PRECISION, ConfigError, TrainConfig
-from flax_resnet.training.data import TrainingData
+from flax_resnet.core.augment import AugmentSpec, default_augment
+from flax_resnet.core.config import AUTO_PRECISION, ConfigError, TrainConfig
+from flax_resnet.core.data import TrainingData
+from flax_resnet.core.registry import resolve
 
 # Seconds between progress-bar refreshes. Each refresh waits for the device, so not every step.
 REFRESH_SECONDS = 0.5

@@ -1,0 +1,1 @@
+"""A training run, framework-neutral: the skeleton both trainers share, and the run folder."""

@@ -1,0 +1,1 @@
+"""Evaluation's Flax half: logits of prepared pixels (`flax_resnet.core.evaluation` drives it)."""

@@ -1,0 +1,1 @@
+"""Evaluation's torch half, the twin of `flax_resnet.evaluation`."""
