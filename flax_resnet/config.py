@@ -1,22 +1,4 @@
-"""`flax_resnet.config.TrainConfig` and friends, where code written before the training package finds them."""
+"""`flax_resnet.config.TrainConfig` and friends, where earlier code finds them: `flax_resnet.core.config`."""
 
-from flax_resnet.core.config import (
-                                         EMBEDDED_DATASET,
-                                         FRAMEWORKS,
-                                         OPTIMIZERS,
-                                         PRECISIONS,
-                                         PRESETS,
-                                         RESUMABLE_CHANGES,
-                                         SCHEDULES,
-                                         ConfigError,
-                                         OneLineErrorParser,
-                                         TrainConfig,
-                                         add_train_arguments,
-                                         config_from_args,
-                                         resume_differences,
-                                         validate,
-)
-
-__all__ = ["EMBEDDED_DATASET", "FRAMEWORKS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES",
-           "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_train_arguments",
-           "config_from_args", "resume_differences", "validate"]
+from flax_resnet.core.config import *  # noqa: F403
+from flax_resnet.core.config import __all__  # noqa: F401

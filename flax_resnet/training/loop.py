@@ -1,14 +1,12 @@
-"""The Flax trainer: data -> model -> optimizer -> restore -> loop -> log -> checkpoint -> export.
+"""The Flax trainer: the JAX half of a run whose story is `flax_resnet.core.run.skeleton.run`.
 
-`train(config)` runs one TrainConfig in JAX and returns the history and the trained model.
+`Backend` builds the model, the optimizer and the jitted steps, runs an epoch of train steps and
+the evaluation, and saves and exports the state; `train(config)` runs a TrainConfig with it.
 `torch_ref.training.loop` is its twin; `flax_resnet.training.train` runs whichever the config names.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import sys
 import time
 from collections.abc import Callable
 
@@ -17,24 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_resnet.core.config import ConfigError, TrainConfig, validate
-from flax_resnet.core.data import ProcessShard, TrainingData, load_data
+from flax_resnet.core.config import ConfigError, TrainConfig
+from flax_resnet.core.data import ProcessShard, TrainingData
 from flax_resnet.core.initial_weights import initial_state_dict
-from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run, resolve_precision
-from flax_resnet.core.run.event_files import EventWriter
-from flax_resnet.core.run.init_from import open_init, starting_state
+from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, resolve_precision
 from flax_resnet.core.run.interrupts import StopRequests, TrainingInterrupted
-from flax_resnet.core.run.progress import Progress, StepEvents, UnreadableCheckpoints
+from flax_resnet.core.run.progress import Progress, UnreadableCheckpoints
+from flax_resnet.core.run.skeleton import run
 from flax_resnet.core.run.workdir import (
     TrainingDiverged,
-    Workdir,
     check_finite,
-    epoch_record,
     live_metrics,
     progress_bar,
-    summary_line,
 )
-from flax_resnet.core.schedule import learning_rate_at_step
 from flax_resnet.models import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
 from flax_resnet.training import processes
@@ -87,129 +80,94 @@ def _host(totals) -> dict[str, float]:
     return {key: float(value) for key, value in jax.device_get(totals).items()}
 
 
+class Backend:
+    """The Flax half of a training run; `flax_resnet.core.run.skeleton.run` is the rest."""
+
+    framework = "flax"
+
+    def start(self, config: TrainConfig) -> TrainConfig:
+        processes.initialize(config)
+        self.mesh = data_mesh(select_devices(config.device))
+        self.num_devices = self.mesh.size
+        self.is_main = processes.is_main()
+        self.shard = ProcessShard(jax.process_index(), jax.process_count())
+        return resolve_precision(config, self.mesh.devices.flat[0].platform)
+
+    def describe(self) -> str:
+        return (f"{self.mesh.size} {self.mesh.devices.flat[0].platform} device(s)"
+                + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+
+    def state_shapes(self, config: TrainConfig, setup: RunSetup) -> dict[str, tuple[int, ...]]:
+        return torch_shapes(model_skeleton(config.model, **setup.model_kwargs))
+
+    def build_model(self, config: TrainConfig, setup: RunSetup, data: TrainingData, initial) -> None:
+        self.model = build_model(config, setup, data, initial)
+
+    def build_optimizer(self, config: TrainConfig, setup: RunSetup):
+        self.config, self.setup = config, setup
+        tx, schedule = make_optimizer(config, setup.plan)
+        graphdef, self.eval_graphdef, state = split_model(self.model, tx)
+        # Frozen BatchNorm: the train step runs the eval-mode graph (running statistics, no updates).
+        frozen_bn = config.freeze_bn or config.freeze_backbone
+        self.train_step = jit_train_step(self.eval_graphdef if frozen_bn else graphdef, tx, self.mesh,
+                                         augment=setup.augment, precision=config.precision,
+                                         label_smoothing=config.label_smoothing, tf32=config.tf32)
+        self.eval_step = jit_eval_step(self.eval_graphdef, self.mesh, augment=setup.augment,
+                                       precision=config.precision, tf32=config.tf32)
+        self.state = jax.device_put(jax.device_get(state), replicated(self.mesh))  # the same on every process
+        self.rng = jax.jit(lambda: jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM),
+                           out_shardings=replicated(self.mesh))()  # made on every device, as every process can
+        return schedule
+
+    def checkpoints(self, workdir, keep: int, *, steps_per_epoch: int, warn) -> RunCheckpoints:
+        return RunCheckpoints(workdir, keep, steps_per_epoch=steps_per_epoch, warn=warn)
+
+    def stop_requests(self) -> StopRequests:
+        return StopRequests(agree=processes.agree_on_signal if jax.process_count() > 1 else None,
+                            every=STOP_CHECK_STEPS)
+
+    def restore(self, checkpoints: RunCheckpoints) -> Progress:
+        self.state, progress = checkpoints.restore(self.state)
+        return progress
+
+    def compile(self, data: TrainingData) -> float:
+        started = time.perf_counter()
+        self.train_step, self.eval_step = compile_ahead(self.train_step, self.eval_step, self.state, self.rng, data,
+                                                        self.config, self.setup, self.mesh)
+        return time.perf_counter() - started
+
+    def train_epoch(self, data: TrainingData, epoch: int, resumed: Progress | None, *, last_good, run_dir,
+                    on_step) -> tuple[dict[str, float], float]:
+        def after_step(state, steps_done, totals, metrics, position):
+            self.state = state
+            on_step(steps_done, totals, metrics, position)
+
+        self.state, totals, seconds = train_epoch(
+            self.train_step, self.state, self.rng, data, self.config, epoch, self.mesh, last_good=last_good,
+            run_dir=run_dir, start=resumed.steps_done if resumed else 0,
+            totals=jax.device_put(_device_totals(resumed.totals), replicated(self.mesh)) if resumed else None,
+            on_step=after_step)
+        return totals, seconds
+
+    def evaluate(self, data: TrainingData) -> dict[str, float]:
+        return evaluate(self.eval_step, self.state, data, self.setup.eval_batch_size, self.mesh)
+
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    def save(self, checkpoints: RunCheckpoints, progress: Progress, **kwargs) -> None:
+        checkpoints.save(self.state, progress, **kwargs)
+
+    def finish(self):
+        state = jax.tree.map(lambda a: jnp.asarray(a.addressable_data(0)), self.state)
+        model = merge_model(self.eval_graphdef, state)
+        return model, to_torch_state_dict(model)
+
+
 def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train as `config` says; resume if its workdir holds a run. `on_epoch_end(record)` is called
-    after each epoch's checkpoint and logs (raise KeyboardInterrupt there to stop the run).
-
-    SIGTERM and SIGINT stop the run after the current step, with a checkpoint: TrainingInterrupted.
-    Raises ConfigError (bad settings), DataError (unreadable data), TrainingDiverged (NaN/inf loss),
-    UnreadableCheckpoints (checkpoints there, none readable).
-    """
-    validate(config)
-    if config.framework != "flax":
-        raise ConfigError(f"this is the Flax trainer; framework {config.framework!r} runs with "
-                          f"flax_resnet.training.train")
-    processes.initialize(config)
-    mesh = data_mesh(select_devices(config.device))
-
-    # --- data
-    config = resolve_precision(config, mesh.devices.flat[0].platform)
-    data = load_data(config, shard=ProcessShard(jax.process_index(), jax.process_count()))
-    config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
-    setup = prepare_run(config, data, mesh.size)
-    workdir = Workdir.open(config, writer=processes.is_main())  # refuses to resume other settings
-    # Only process 0 prints and draws progress bars.
-    config = dataclasses.replace(config, workdir=str(workdir.path), progress=config.progress and workdir.writer)
-    log = print if workdir.writer else (lambda *args, **kwargs: None)
-
-    # --- model
-    init = None if opened is None else starting_state(
-        opened, config, setup.model_kwargs, torch_shapes(model_skeleton(config.model, **setup.model_kwargs)))
-    model = build_model(config, setup, data, None if init is None else init.state_dict)
-    for note in () if init is None else init.notes:
-        log(note)
-    workdir.create()
-
-    # --- optimizer, and the steps that use it
-    tx, schedule = make_optimizer(config, setup.plan)
-    graphdef, eval_graphdef, state = split_model(model, tx)
-    # Frozen BatchNorm: the train step runs the eval-mode graph (running statistics, no updates).
-    frozen_bn = config.freeze_bn or config.freeze_backbone
-    train_step = jit_train_step(eval_graphdef if frozen_bn else graphdef, tx, mesh, augment=setup.augment,
-                                precision=config.precision, label_smoothing=config.label_smoothing,
-                                tf32=config.tf32)
-    eval_step = jit_eval_step(eval_graphdef, mesh, augment=setup.augment, precision=config.precision,
-                              tf32=config.tf32)
-    state = jax.device_put(jax.device_get(state), replicated(mesh))  # the same on every process
-
-    steps_per_epoch = setup.plan.steps_per_epoch
-    with (RunCheckpoints(workdir, config.keep_checkpoints, steps_per_epoch=steps_per_epoch,
-                         warn=lambda message: log(f"warning: {message}", file=sys.stderr)) as checkpoints,
-          StopRequests(agree=processes.agree_on_signal if jax.process_count() > 1 else None,
-                       every=STOP_CHECK_STEPS) as stop,
-          EventWriter(workdir.path, learning_rate=lambda steps: schedule.learning_rate(steps // config.grad_accum),
-                      enabled=workdir.writer) as curves):
-        # --- restore
-        state, progress = checkpoints.restore(state)
-        history = progress.history
-        if progress.data:
-            data.check_position(progress.data)  # the same images as before the interruption
-        title = f"{config.model} on {data.name} ({config.framework})"
-        if progress.step:
-            changed = workdir.changed_settings(config)
-            log(f"resuming {workdir.path} {progress.describe(steps_per_epoch)} (train step {progress.step})"
-                + (f" with {', '.join(changed)}" if changed else ""))
-            workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
-        workdir.write_config(config, {**setup.details(data, mesh.size),
-                                      **({} if init is None else {"init": init.record})})
-        curves.open(progress.step)
-        rng = jax.jit(lambda: jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM),
-                      out_shardings=replicated(mesh))()  # made on every device, as every process can
-        log(f"{config.model} on {data.describe()}; {mesh.size} {mesh.devices.flat[0].platform} device(s)"
-            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
-            + f"; {steps_per_epoch} steps per epoch; writing to {workdir.path}")
-        if len(history) < config.epochs:
-            started = time.perf_counter()
-            train_step, eval_step = compile_ahead(train_step, eval_step, state, rng, data, config, setup, mesh)
-            log(f"compiled the train and eval steps in {time.perf_counter() - started:.1f} s")
-        else:
-            log(f"all {config.epochs} epochs are done; a larger --epochs continues the run")
-        events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
-                            curves=curves, workdir=workdir.path, main=workdir.writer)
-        events.before_first_step(progress)
-
-        # --- loop
-        for epoch in range(progress.epoch, config.epochs + 1):
-            start = time.perf_counter()
-            resumed = progress if epoch == progress.epoch and progress.steps_done else None
-            events.begin_epoch(epoch, history, resumed)
-
-            def on_step(state, steps_done, totals, metrics, position):
-                events.after_step(steps_done, totals, metrics, save=functools.partial(checkpoints.save, state),
-                                  data=position)
-
-            state, train_totals, train_seconds = train_epoch(
-                train_step, state, rng, data, config, epoch, mesh, last_good=checkpoints.latest, run_dir=workdir.path,
-                start=resumed.steps_done if resumed else 0,
-                totals=jax.device_put(_device_totals(resumed.totals), replicated(mesh)) if resumed else None,
-                on_step=on_step)
-            train_seconds += resumed.train_seconds if resumed else 0.0
-            test_totals = evaluate(eval_step, state, data, setup.eval_batch_size, mesh)
-            step = int(state.step)
-            lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
-            record = epoch_record(epoch, step, train_totals, test_totals, lr, train_seconds,
-                                  time.perf_counter() - start)
-            history.append(record)
-
-            # --- log and checkpoint
-            checkpoints.save(state, Progress.after_epoch(history, step), test_accuracy=record["test_accuracy"])
-            workdir.write_history(history, title)
-            curves.epoch(record)
-            log(summary_line(record, config.epochs))
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if epoch < config.epochs:
-                events.end_epoch(step)
-
-    # --- export
-    data.close()  # stops a streamed dataset's loader workers
-    model = merge_model(eval_graphdef, jax.tree.map(lambda a: jnp.asarray(a.addressable_data(0)), state))
-    workdir.export_weights(to_torch_state_dict(model))
-    if history:
-        best = max(history, key=lambda r: r["test_accuracy"])
-        log(f"done: test accuracy {100 * history[-1]['test_accuracy']:.2f}% (best {100 * best['test_accuracy']:.2f}% "
-            f"at epoch {best['epoch']}); weights in {workdir.weights_path}")
-    return TrainResult(history, model, workdir.path)
+    """Train `config` (framework 'flax') in JAX; see `flax_resnet.core.run.skeleton.run`."""
+    return run(config, Backend(), on_epoch_end=on_epoch_end)
 
 
 def _device_totals(totals: dict[str, float]) -> dict[str, np.ndarray]:

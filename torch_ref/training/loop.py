@@ -1,20 +1,16 @@
-"""The torch trainer, the twin of `flax_resnet.training.loop`: the same data, batches, augmentation,
-initial weights, optimizer and schedule, and the same files in the workdir.
+"""The torch trainer, the twin of `flax_resnet.training.loop`: the torch half of a run whose story
+is `flax_resnet.core.run.skeleton.run`, so both write the same files in the workdir.
 
-data -> model -> optimizer -> restore -> loop -> log -> checkpoint -> export.
-
-It shares the framework-neutral parts of `flax_resnet.training` and uses JAX (not Flax) for one
-thing: the augmentation, so that both trainers compute the very same pixels.
+It uses JAX (not Flax) for one thing: the augmentation, so that both trainers compute the very
+same pixels.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import itertools
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -24,119 +20,99 @@ import numpy as np
 import torch
 
 import torch_ref
-from flax_resnet.core.config import ConfigError, TrainConfig, validate
-from flax_resnet.core.data import TrainingData, load_data
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.data import ProcessShard, TrainingData
 from flax_resnet.core.initial_weights import initial_state_dict
-from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, prepare_run, resolve_precision
-from flax_resnet.core.run.event_files import EventWriter
-from flax_resnet.core.run.init_from import open_init, starting_state
+from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, resolve_precision
 from flax_resnet.core.run.interrupts import StopRequests
-from flax_resnet.core.run.progress import Progress, StepEvents
-from flax_resnet.core.run.workdir import Workdir, check_finite, epoch_record, live_metrics, progress_bar, summary_line
-from flax_resnet.core.schedule import learning_rate_at_step
+from flax_resnet.core.run.progress import Progress
+from flax_resnet.core.run.skeleton import run
+from flax_resnet.core.run.workdir import check_finite, live_metrics, progress_bar
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 from torch_ref.training.optim import make_optimizer
 from torch_ref.training.run_checkpoints import RunCheckpoints
 from torch_ref.training.step import eval_step, select_device, set_tf32, train_step
 
 
+class Backend:
+    """The torch half of a training run, the twin of `flax_resnet.training.loop.Backend`: the same
+    data, batches, augmented pixels, initial weights, optimizer and schedule, on the CPU or a CUDA
+    GPU (`config.device`). On a GPU the model and batches are channels_last."""
+
+    framework = "torch"
+    num_devices = 1
+    is_main = True
+    shard = ProcessShard()
+
+    def start(self, config: TrainConfig) -> TrainConfig:
+        self.device = select_device(config.device)
+        set_tf32(config.tf32)
+        # JAX only computes the pixels here, on the CPU; it must not take the GPU's memory from torch.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        torch.manual_seed(config.seed)
+        return resolve_precision(config, self.device.type)
+
+    def describe(self) -> str:
+        return f"torch {torch.__version__} on {self.device.type}"
+
+    def state_shapes(self, config: TrainConfig, setup: RunSetup) -> dict[str, tuple[int, ...]]:
+        return state_shapes(config, setup)
+
+    def build_model(self, config: TrainConfig, setup: RunSetup, data: TrainingData, initial) -> None:
+        self.model = build_model(config, setup, initial).to(self.device, memory_format=memory_format(self.device))
+
+    def build_optimizer(self, config: TrainConfig, setup: RunSetup):
+        self.config, self.setup = config, setup
+        self.optimizer, schedule = make_optimizer(self.model, config, setup.plan)
+        self.schedule = schedule
+        self.host = jax.devices("cpu")[0]
+        self.rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), self.host)
+        self.augment_steps, self.prepare_eval = jitted_transforms(setup.augment)
+        return schedule
+
+    def checkpoints(self, workdir, keep: int, *, steps_per_epoch: int, warn) -> RunCheckpoints:
+        return RunCheckpoints(workdir, keep, steps_per_epoch=steps_per_epoch, warn=warn)
+
+    def stop_requests(self) -> StopRequests:
+        return StopRequests()
+
+    def restore(self, checkpoints: RunCheckpoints) -> Progress:
+        progress = checkpoints.restore(self.model, self.optimizer)
+        self._step = progress.step
+        return progress
+
+    def compile(self, data: TrainingData) -> None:
+        return None  # eager: nothing to compile ahead
+
+    def train_epoch(self, data: TrainingData, epoch: int, resumed: Progress | None, *, last_good, run_dir,
+                    on_step) -> tuple[dict[str, float], float]:
+        self._step, totals, seconds = train_epoch(
+            self.model, self.optimizer, self.schedule, self.augment_steps, self.rng, data, self.config, epoch,
+            self._step, last_good=last_good, run_dir=run_dir, start=resumed.steps_done if resumed else 0,
+            totals=dict(resumed.totals) if resumed else None, on_step=on_step)
+        return totals, seconds
+
+    def evaluate(self, data: TrainingData) -> dict[str, float]:
+        with jax.default_device(self.host):
+            return evaluate(self.model, self.prepare_eval, data, self.setup.eval_batch_size, self.config.precision)
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    def save(self, checkpoints: RunCheckpoints, progress: Progress, **kwargs) -> None:
+        checkpoints.save(self.model, self.optimizer, progress, **kwargs)
+
+    def finish(self):
+        self.model.eval()
+        return self.model, self.model.state_dict()
+
+
 def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
-    """As `flax_resnet.training.loop.train`, in torch, on the CPU or a CUDA GPU (`config.device`). The
+    """Train `config` (framework 'torch') with torch_ref; see `flax_resnet.core.run.skeleton.run`. The
     model starts from the same `initial_weights` as the Flax trainer's with the same seed, so both
-    runs start identical. On a GPU the model and batches are channels_last."""
-    validate(config)
-    if config.framework != "torch":
-        raise ConfigError(f"this is the torch trainer; framework {config.framework!r} runs with "
-                          f"flax_resnet.training.train")
-    device = select_device(config.device)
-    set_tf32(config.tf32)
-    # JAX only computes the pixels here, on the CPU; it must not take the GPU's memory from torch.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    torch.manual_seed(config.seed)
-
-    # --- data
-    config = resolve_precision(config, device.type)
-    data = load_data(config)
-    config, opened = open_init(config, data.image_shape[2])  # --init-from may name the model and preprocessing
-    setup = prepare_run(config, data)
-    workdir = Workdir.open(config)  # refuses to resume other settings
-    config = dataclasses.replace(config, workdir=str(workdir.path))
-
-    # --- model
-    init = None if opened is None else starting_state(opened, config, setup.model_kwargs, state_shapes(config, setup))
-    model = build_model(config, setup, None if init is None else init.state_dict)
-    model = model.to(device, memory_format=memory_format(device))
-    for note in () if init is None else init.notes:
-        print(note)
-    workdir.create()
-
-    # --- optimizer
-    optimizer, schedule = make_optimizer(model, config, setup.plan)
-
-    steps_per_epoch = setup.plan.steps_per_epoch
-    with (RunCheckpoints(workdir, config.keep_checkpoints, steps_per_epoch=steps_per_epoch,
-                         warn=lambda message: print(f"warning: {message}", file=sys.stderr)) as checkpoints,
-          StopRequests() as stop,
-          EventWriter(workdir.path, learning_rate=lambda steps: schedule.learning_rate(steps // config.grad_accum))
-          as curves):
-        # --- restore
-        progress = checkpoints.restore(model, optimizer)
-        history, step = progress.history, progress.step
-        if progress.data:
-            data.check_position(progress.data)  # the same images as before the interruption
-        title = f"{config.model} on {data.name} ({config.framework})"
-        if progress.step:
-            changed = workdir.changed_settings(config)
-            print(f"resuming {workdir.path} {progress.describe(steps_per_epoch)} (train step {progress.step})"
-                  + (f" with {', '.join(changed)}" if changed else ""))
-            workdir.write_history(history, title)  # as the checkpoint has it, should the last write be newer
-        workdir.write_config(config, {**setup.details(data, 1), **({} if init is None else {"init": init.record})})
-        curves.open(progress.step)
-        host = jax.devices("cpu")[0]
-        rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), host)
-        augment_steps, prepare_eval = jitted_transforms(setup.augment)
-        print(f"{config.model} on {data.describe()}; torch {torch.__version__} on {device.type}; "
-              f"{steps_per_epoch} steps per epoch; writing to {workdir.path}")
-        events = StepEvents(steps_per_epoch=steps_per_epoch, checkpoint_every=config.checkpoint_every, stop=stop,
-                            curves=curves, workdir=workdir.path)
-        save = functools.partial(checkpoints.save, model, optimizer)
-        events.before_first_step(progress)
-
-        # --- loop
-        for epoch in range(progress.epoch, config.epochs + 1):
-            start = time.perf_counter()
-            resumed = progress if epoch == progress.epoch and progress.steps_done else None
-            events.begin_epoch(epoch, history, resumed)
-            step, totals, train_seconds = train_epoch(
-                model, optimizer, schedule, augment_steps, rng, data, config, epoch, step,
-                last_good=checkpoints.latest, run_dir=workdir.path, start=resumed.steps_done if resumed else 0,
-                totals=dict(resumed.totals) if resumed else None,
-                on_step=lambda steps_done, totals, metrics, position: events.after_step(
-                    steps_done, totals, metrics, save=save, data=position))
-            train_seconds += resumed.train_seconds if resumed else 0.0
-            with jax.default_device(host):
-                test_totals = evaluate(model, prepare_eval, data, setup.eval_batch_size, config.precision)
-            lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
-            record = epoch_record(epoch, step, totals, test_totals, lr, train_seconds, time.perf_counter() - start)
-            history.append(record)
-
-            # --- log and checkpoint
-            save(Progress.after_epoch(history, step), test_accuracy=record["test_accuracy"])
-            workdir.write_history(history, title)
-            curves.epoch(record)
-            print(summary_line(record, config.epochs))
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if epoch < config.epochs:
-                events.end_epoch(step)
-
-    # --- export
-    data.close()  # stops a streamed dataset's loader workers
-    model.eval()
-    workdir.export_weights(model.state_dict())
-    if history:
-        print(f"done: test accuracy {100 * history[-1]['test_accuracy']:.2f}%; weights in {workdir.weights_path}")
-    return TrainResult(history, model, workdir.path)
+    runs start identical."""
+    return run(config, Backend(), on_epoch_end=on_epoch_end)
 
 
 def build_model(config: TrainConfig, setup: RunSetup, initial=None) -> torch.nn.Module:
