@@ -9,11 +9,19 @@ import jax
 import pytest
 import torch
 
-from parity_tests.training_fixtures import mnist_dir  # noqa: F401 - a fixture every test file may use
+from parity_tests.helpers.training_fixtures import make_mnist_folder
 
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """A torchvision MNIST folder with 64 train and 24 test images (random pixels and labels)."""
+    root = tmp_path_factory.mktemp("data")
+    make_mnist_folder(root, train=64, test=24)
+    return root
 
 
 @pytest.fixture
@@ -27,7 +35,7 @@ def float64_enabled():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """(run folder, last metrics): mnist_resnet after one epoch on the embedded digits, made once."""
-    from parity_tests.hub_fixtures import make_trained_run
+    from parity_tests.helpers.hub_fixtures import make_trained_run
 
     return make_trained_run(tmp_path_factory.mktemp("source") / "run")
 

@@ -10,19 +10,17 @@ So this module imports neither JAX nor torch, and both frameworks see the very s
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 from typing import Any
 
 import numpy as np
 
+from flax_resnet.core import frameworks
 from flax_resnet.core.augment import AugmentSpec, channel_statistics
 from flax_resnet.core.config import ConfigError
 from flax_resnet.core.data import load_dataset
 from flax_resnet.core.data.sampling import eval_batches
 
-PREDICTORS = {"flax": "flax_resnet.evaluation.predict", "torch": "torch_ref.evaluation.predict"}
-WEIGHTS = "flax_resnet.porting.sources"
 TOP_K = 5
 
 
@@ -55,7 +53,7 @@ def evaluate(request: EvalRequest, log=print) -> dict[str, Any]:
     Raises ConfigError for weights or settings that cannot be evaluated (one line each), and
     DataError for an unreadable dataset.
     """
-    unknown = [name for name in request.frameworks if name not in PREDICTORS]
+    unknown = [name for name in request.frameworks if name not in frameworks.FRAMEWORKS]
     if unknown or not request.frameworks:
         raise ConfigError(f"unknown framework {', '.join(unknown) or '(none)'}; choose from flax, torch")
     started = time.perf_counter()
@@ -71,8 +69,8 @@ def evaluate(request: EvalRequest, log=print) -> dict[str, Any]:
                           f"{data.num_classes} classes (fine-tune it with scripts/train.py --init-from)")
     spec = eval_spec(request, weights.source.preprocessing, data)
     log(f"eval transform: {describe_spec(spec)}; {len(data.test_labels)} test images of {data.name}")
-    pixels_of = importlib.import_module(PREDICTORS["flax"]).eval_pixels(spec)
-    predictors = {framework: importlib.import_module(PREDICTORS[framework]).Predictor(name, kwargs, weights.state_dict)
+    pixels_of = frameworks.module("predictor", "flax").eval_pixels(spec)
+    predictors = {framework: frameworks.module("predictor", framework).Predictor(name, kwargs, weights.state_dict)
                   for framework in request.frameworks}
     totals = {framework: Totals() for framework in predictors}
     largest_difference = largest_logit = 0.0
@@ -165,7 +163,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     """The human-readable summary printed above the JSON line."""
     lines = [f"{framework:>5}: top-1 {100 * report[framework]['top1']:.2f}%  top-5 "
              f"{100 * report[framework]['top5']:.2f}%  loss {report[framework]['loss']:.4f}"
-             for framework in PREDICTORS if framework in report]
+             for framework in frameworks.FRAMEWORKS if framework in report]
     if "top1_agreement" in report:
         lines.append(f"top-1 agreement flax vs torch: {100 * report['top1_agreement']:.2f}% of "
                      f"{report['images']} images; max |flax - torch| / max |torch| over the logits "
@@ -174,7 +172,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _open_weights(request: EvalRequest):
-    sources = importlib.import_module(WEIGHTS)
+    sources = frameworks.module("weights")
     try:
         return sources.open_weights(request.weights, key=request.key, name=request.model, **request.model_options)
     except sources.SourceError as error:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import importlib
 import importlib.metadata
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from flax_resnet.core import frameworks
 from flax_resnet.core.registry import resolve
 
 PRECISIONS = ("fp32", "bf16")
@@ -151,7 +151,6 @@ def check_config(config: BenchConfig) -> None:
 
 # Each framework's contestants, by module: `contestants(config, images, labels, mode)` and `details()`.
 # Flax takes the uint8 NHWC pixels and normalizes in its step; torch the normalized float32 NCHW batch.
-CONTESTANTS = {"flax": "flax_resnet.studies.benchmark", "torch": "torch_ref.studies.benchmark"}
 
 
 def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -159,7 +158,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
     check_config(config)
     _, num_classes, in_channels, _ = resolve(config.model, None, None, config.options)
     pixels, images, labels = bench_batch(config, in_channels, num_classes)
-    modules = {name: importlib.import_module(module) for name, module in CONTESTANTS.items()}
+    modules = {name: frameworks.module("benchmark", name) for name in frameworks.FRAMEWORKS}
     modes = [mode for mode, wanted in (("train", config.train), ("eval", config.eval)) if wanted]
     contestants = [contestant for mode in modes
                    for contestant in (modules["flax"].contestants(config, pixels, labels, mode)

@@ -9,7 +9,6 @@ subprocess whose whole process tree (loader workers included) is sampled for mem
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import json
 import os
@@ -22,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from flax_resnet.core import frameworks
+
 REPO = Path(__file__).resolve().parents[2]
-TORCHVISION_CONTESTANT = "torch_ref.studies.data_loading"
 # ImageNet's common shapes; most of its photos are 500 pixels on the long side.
 SHAPES = ((500, 375), (500, 333), (375, 500), (500, 375), (500, 400))
 
@@ -176,7 +176,7 @@ def _time_batches(make_batches, bench: LoaderBench) -> dict[str, float]:
 def loader_benchmark(bench: LoaderBench, progress=lambda message: None) -> dict[str, Any]:
     """Ours against torchvision's ImageFolder + DataLoader with the same transforms, the same files
     and worker count, alternating `rounds` times; the best round of each."""
-    torchvision_side = importlib.import_module(TORCHVISION_CONTESTANT)
+    torchvision_side = frameworks.module("loader", "torch")
     contestants = {"ours": lambda epoch: our_batches(bench, epoch),
                    "torchvision": lambda epoch: torchvision_side.torchvision_batches(bench, epoch)}
     results: dict[str, list] = {name: [] for name in contestants}

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flax_resnet.core import frameworks
 from flax_resnet.core.config import EMBEDDED_DATASET, PRESETS, ConfigError, TrainConfig, config_from_args
 from flax_resnet.core.data import Dataset, load_dataset
 from flax_resnet.core.files import atomic_file, write_json
@@ -33,8 +33,6 @@ from flax_resnet.core.registry import MODELS, OPTION_CHOICES
 from flax_resnet.core.run.workdir import Workdir
 from flax_resnet.training import train
 from flax_resnet.training.device_transforms import eval_transform
-
-GRADIENT_FLOW = {"flax": "flax_resnet.studies.gradient_flow", "torch": "torch_ref.studies.gradient_flow"}
 
 SUMMARY_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "params", "seconds")
 
@@ -168,7 +166,7 @@ def gradient_flow(framework: str):
     """The module that measures gradient flow in `framework`: `flax_resnet.studies.gradient_flow`
     or its twin `torch_ref.studies.gradient_flow` (each offers initial_model, model_gradient_norms
     and count_parameters)."""
-    return importlib.import_module(GRADIENT_FLOW[framework])
+    return frameworks.module("gradient_flow", framework)
 
 
 def compare(configs: dict[str, TrainConfig], root: str | Path, *, title: str = "") -> dict[str, Any]:

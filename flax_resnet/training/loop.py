@@ -22,29 +22,14 @@ from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, Tra
 from flax_resnet.core.run.interrupts import StopRequests, TrainingInterrupted
 from flax_resnet.core.run.progress import Progress, UnreadableCheckpoints
 from flax_resnet.core.run.skeleton import run
-from flax_resnet.core.run.workdir import (
-    TrainingDiverged,
-    check_finite,
-    live_metrics,
-    progress_bar,
-)
+from flax_resnet.core.run.workdir import TrainingDiverged, check_finite, live_metrics, progress_bar
 from flax_resnet.models import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
 from flax_resnet.training import processes
 from flax_resnet.training.optim import make_optimizer
 from flax_resnet.training.run_checkpoints import RunCheckpoints
-from flax_resnet.training.step import (
-    batch_sharded,
-    data_mesh,
-    jit_eval_step,
-    jit_train_step,
-    merge_model,
-    prefetch,
-    put_batch,
-    replicated,
-    select_devices,
-    split_model,
-)
+from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model, prefetch,
+                                       put_batch, replicated, select_devices, split_model)
 
 __all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "UnreadableCheckpoints", "train"]
 

@@ -9,13 +9,11 @@ a torch run reads its source with the same code as a Flax run.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from flax_resnet.core import frameworks
 from flax_resnet.core.config import ConfigError, TrainConfig
-
-PORTING = "flax_resnet.porting.fine_tune"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +30,7 @@ def open_init(config: TrainConfig, channels: int):
     `channels` channels. Raises ConfigError."""
     if config.init_from is None:
         return config, None
-    porting = importlib.import_module(PORTING)
+    porting = frameworks.module("fine_tuning")
     try:
         return porting.open_init(config, channels)
     except porting.InitError as error:
@@ -44,7 +42,7 @@ def starting_state(opened, config: TrainConfig, model_kwargs: Mapping[str, Any],
     """The Start for a model with these state_dict `shapes` (see
     `flax_resnet.porting.fine_tune.starting_state`). Raises ConfigError, one line listing the
     keys, when the source is another model."""
-    porting = importlib.import_module(PORTING)
+    porting = frameworks.module("fine_tuning")
     try:
         state_dict, notes, record = porting.starting_state(opened, config.model, model_kwargs, shapes, config.seed)
     except porting.InitError as error:
