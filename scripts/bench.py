@@ -17,17 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from tqdm import tqdm  # noqa: E402
 
-from flax_resnet.core.config import DEVICES  # noqa: E402
-from flax_resnet.core.registry import MODELS, OPTION_CHOICES  # noqa: E402
+from flax_resnet.core.config import DEVICES, add_model_options, model_options  # noqa: E402
+from flax_resnet.core.registry import MODELS  # noqa: E402
 from flax_resnet.core.timing import PRECISIONS, BenchConfig, format_table  # noqa: E402
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _positive(text: str) -> int:
@@ -44,9 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18", choices=list(MODELS), metavar="NAME",
                         help="a registry variant (default resnet18)")
-    parser.add_argument("--stem", choices=OPTION_CHOICES["stem"], help="model option")
-    parser.add_argument("--maxpool", type=_bool, help="model option (true/false)")
-    parser.add_argument("--shortcut", choices=OPTION_CHOICES["shortcut"], help="model option (CIFAR nets)")
+    add_model_options(parser, names=("stem", "maxpool", "shortcut"))
     parser.add_argument("--batch-size", type=_positive, default=128)
     parser.add_argument("--image-size", type=_positive, default=32)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -70,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    options = {k: getattr(args, k) for k in ("stem", "maxpool", "shortcut") if getattr(args, k) is not None}
+    options = model_options(args)
     config = BenchConfig(
         model=args.model, options=options, batch_size=args.batch_size, image_size=args.image_size,
         precision=args.precision, steps=args.steps, warmup=max(args.warmup, 0),

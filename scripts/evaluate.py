@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.core.config import ConfigError, OneLineErrorParser  # noqa: E402
+from flax_resnet.core.config import ConfigError, OneLineErrorParser, add_model_options, model_options  # noqa: E402
 from flax_resnet.core.evaluation import EvalRequest, evaluate, report_lines  # noqa: E402
 
 
@@ -39,9 +39,7 @@ def parse_args(argv):
     parser.add_argument("--interpolation", choices=("bilinear", "bicubic"), help="default: the weights' own")
     parser.add_argument("--key", metavar="NAME", help="the entry of a saved dict holding the state_dict")
     parser.add_argument("--model", help="the variant, when the weights cannot tell (e.g. resnet20 vs plain20)")
-    parser.add_argument("--stem", choices=("imagenet", "cifar"))
-    parser.add_argument("--maxpool", action=argparse.BooleanOptionalAction)
-    parser.add_argument("--shortcut", choices=("A", "B"))
+    add_model_options(parser, names=("stem", "maxpool", "shortcut"), words=False)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -53,7 +51,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    options = {key: getattr(args, key) for key in ("stem", "maxpool", "shortcut") if getattr(args, key) is not None}
+    options = model_options(args)
     request = EvalRequest(
         weights=args.weights, dataset=args.dataset, data_dir=args.data_dir,
         frameworks=("flax", "torch") if args.framework == "both" else (args.framework,),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from flax_resnet.core.config import add_model_options  # noqa: E402
 from flax_resnet.porting.port import LAYOUT_CHOICES, PortError, port  # noqa: E402
 from flax_resnet.porting.verify import DEFAULT_TOLERANCE  # noqa: E402
 
@@ -36,11 +37,11 @@ def parse_args(argv):
     parser.add_argument("--model", help="variant name (default: inferred from the weights)")
     parser.add_argument("--num-classes", type=int, help="default: from the classifier's shape")
     parser.add_argument("--in-channels", type=int, help="default: from the first conv's shape")
-    parser.add_argument("--stem", choices=("imagenet", "cifar"), help="default: from conv1's size")
-    parser.add_argument("--maxpool", action=argparse.BooleanOptionalAction,
-                        help="max-pool after the stem (the weights cannot show it; default: the "
-                             "variant's, on after the imagenet stem)")
-    parser.add_argument("--shortcut", choices=("A", "B"), help="CIFAR nets' shortcut kind")
+    add_model_options(parser, names=("stem", "maxpool", "shortcut"), words=False, help={
+        "stem": "default: from conv1's size",
+        "maxpool": "max-pool after the stem (the weights cannot show it; default: the variant's, on after the "
+                   "imagenet stem)",
+        "shortcut": "CIFAR nets' shortcut kind"})
     parser.add_argument("--key", metavar="NAME",
                         help="the entry of a saved dict that holds the state_dict (default: the dict "
                              "itself, or 'state_dict', 'model_state_dict', 'model', 'net')")
