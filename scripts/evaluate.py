@@ -27,8 +27,12 @@ def parse_args(argv):
     parser.add_argument("--weights", required=True, metavar="PATH",
                         help="a Flax checkpoint, a PyTorch file, a transformers / timm directory or a run folder")
     parser.add_argument("--dataset", required=True, metavar="NAME",
-                        help="as scripts/train.py's: embedded_mnist, mnist, cifar10, a tfds name, ...")
-    parser.add_argument("--data-dir", metavar="DIR", help="torchvision-format folders or a tfds data_dir")
+                        help="as scripts/train.py's: embedded_mnist, imagefolder (streamed, with --data-dir), "
+                             "mnist, cifar10, a tfds name (imagenet2012 is streamed), ...")
+    parser.add_argument("--data-dir", metavar="DIR", help="an ImageFolder tree (DIR/val/<class>/<image>), "
+                                                          "torchvision-format folders or a tfds data_dir")
+    parser.add_argument("--workers", type=int, metavar="N", help="streamed data: loader processes (default: one "
+                                                                 "per core; 0: decode in this process)")
     parser.add_argument("--framework", choices=("flax", "torch", "both"), default="flax")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--image-size", type=int, metavar="SIZE", help="default: the weights' input size, else the data's")
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, image_size=args.image_size,
         mean=None if args.mean is None else tuple(args.mean), std=None if args.std is None else tuple(args.std),
         crop_pct=args.crop_pct, interpolation=args.interpolation, key=args.key, model=args.model,
-        model_options=options, progress=args.progress)
+        model_options=options, progress=args.progress, workers=args.workers)
     from flax_resnet.core.data import DataError
 
     try:

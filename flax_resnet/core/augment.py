@@ -29,7 +29,8 @@ def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
     return tuple(float(v) for v in pixels.mean(0)), tuple(float(v) for v in pixels.std(0))
 
 
-def default_augment(image_shape, *, crop_padding=None, flip=None, image_size=None, mean, std) -> AugmentSpec:
+def default_augment(image_shape, *, crop_padding=None, flip=None, image_size=None, mean, std,
+                    interpolation: str = "bilinear") -> AugmentSpec:
     """Fill in the automatic choices: colour images get a size // 8 crop padding and flips (the
     CIFAR recipe: 4 pixels at 32); grayscale digits and clothing get size // 14 (2 pixels at 28)
     and no flips, which would turn some digits into others."""
@@ -40,4 +41,4 @@ def default_augment(image_shape, *, crop_padding=None, flip=None, image_size=Non
         crop_padding = size // 8 if colour else size // 14
     if flip is None:
         flip = colour
-    return AugmentSpec(tuple(mean), tuple(std), crop_padding, flip, image_size)
+    return AugmentSpec(tuple(mean), tuple(std), crop_padding, flip, image_size, interpolation=interpolation)

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from flax_resnet.core import frameworks
-from flax_resnet.core.augment import AugmentSpec, channel_statistics
+from flax_resnet.core.augment import AugmentSpec
 from flax_resnet.core.config import ConfigError
-from flax_resnet.core.data import load_dataset
-from flax_resnet.core.data.sampling import eval_batches
+from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.data import load_data
 
 TOP_K = 5
 
@@ -43,6 +43,7 @@ class EvalRequest:
     model: str | None = None  # the variant, when the weights cannot tell
     model_options: dict = dataclasses.field(default_factory=dict)
     progress: bool = True
+    workers: int | None = None  # streamed data: loader processes (None: one per core)
 
 
 def evaluate(request: EvalRequest, log=print) -> dict[str, Any]:
@@ -57,18 +58,19 @@ def evaluate(request: EvalRequest, log=print) -> dict[str, Any]:
     if unknown or not request.frameworks:
         raise ConfigError(f"unknown framework {', '.join(unknown) or '(none)'}; choose from flax, torch")
     started = time.perf_counter()
-    data = load_dataset(request.dataset, request.data_dir)
     weights = _open_weights(request)
     for note in weights.notes:
         log(note)
     name, kwargs = weights.variant.name, weights.variant.kwargs
+    recorded = weights.source.preprocessing or _NO_PREPROCESSING
+    data = load_data(data_config(request, name, kwargs, recorded))
     channels = data.image_shape[2]
     if kwargs["in_channels"] != channels or kwargs["num_classes"] != data.num_classes:
         raise ConfigError(f"{request.weights} is a {name} for {kwargs['in_channels']}-channel images and "
                           f"{kwargs['num_classes']} classes; {data.name} has {channels} channel(s) and "
                           f"{data.num_classes} classes (fine-tune it with scripts/train.py --init-from)")
-    spec = eval_spec(request, weights.source.preprocessing, data)
-    log(f"eval transform: {describe_spec(spec)}; {len(data.test_labels)} test images of {data.name}")
+    spec = eval_spec(request, recorded, data)
+    log(f"eval transform: {describe_eval(spec, data)}; {data.test_count} test images of {data.name}")
     pixels_of = frameworks.module("predictor", "flax").eval_pixels(spec)
     predictors = {framework: frameworks.module("predictor", framework).Predictor(name, kwargs, weights.state_dict)
                   for framework in request.frameworks}
@@ -76,21 +78,23 @@ def evaluate(request: EvalRequest, log=print) -> dict[str, Any]:
     largest_difference = largest_logit = 0.0
     from tqdm.auto import tqdm
 
-    batches = eval_batches(data.test_images, data.test_labels, request.batch_size)
-    steps = -(-len(data.test_labels) // request.batch_size)
-    for batch in tqdm(batches, total=steps, desc="evaluate", unit="batch", disable=not request.progress,
-                      dynamic_ncols=True):
-        pixels = pixels_of(batch["image"])
-        logits = {framework: predictor.logits(pixels) for framework, predictor in predictors.items()}
-        for framework, values in logits.items():
-            totals[framework].add(values, batch["label"], batch["mask"])
-        if len(logits) == 2:
-            rows = batch["mask"] > 0
-            first, second = (logits[f][rows].astype(np.float64) for f in request.frameworks)
-            largest_difference = max(largest_difference, float(np.abs(first - second).max()))
-            largest_logit = max(largest_logit, float(np.abs(second).max()))
+    try:
+        with data.eval_batches(request.batch_size) as batches:
+            for batch in tqdm(batches, total=len(batches), desc="evaluate", unit="batch",
+                              disable=not request.progress, dynamic_ncols=True):
+                pixels = pixels_of(batch["image"])
+                logits = {framework: predictor.logits(pixels) for framework, predictor in predictors.items()}
+                for framework, values in logits.items():
+                    totals[framework].add(values, batch["label"], batch["mask"])
+                if len(logits) == 2:
+                    rows = batch["mask"] > 0
+                    first, second = (logits[f][rows].astype(np.float64) for f in request.frameworks)
+                    largest_difference = max(largest_difference, float(np.abs(first - second).max()))
+                    largest_logit = max(largest_logit, float(np.abs(second).max()))
+    finally:
+        data.close()  # a streamed set's loader workers
     report = {"weights": request.weights, "model": name, "model_kwargs": kwargs, "dataset": data.name,
-              "images": int(len(data.test_labels)), "preprocessing": dataclasses.asdict(spec)}
+              "images": int(data.test_count), "preprocessing": dataclasses.asdict(spec)}
     for framework, total in totals.items():
         report[framework] = total.metrics()
     if len(totals) == 2:
@@ -126,22 +130,39 @@ class Totals:
         return {"top1": self.top1 / self.count, "top5": self.top5 / self.count, "loss": self.loss / self.count}
 
 
-def eval_spec(request: EvalRequest, preprocessing, data) -> AugmentSpec:
-    """The eval transform: the request's settings, else the weights' recorded ones, else the data's."""
-    recorded = preprocessing or _NO_PREPROCESSING
+def data_config(request: EvalRequest, name: str, kwargs, recorded) -> TrainConfig:
+    """The data settings of an evaluation: a streamed set is resized and cropped on the host, as the
+    weights' own transform says (else as training's eval transform does)."""
+    options = {key: value for key, value in kwargs.items() if key not in ("num_classes", "in_channels")}
+    crop = request.crop_pct if request.crop_pct is not None else recorded.crop_pct
+    return TrainConfig(dataset=request.dataset, data_dir=request.data_dir, model=name, model_options=options,
+                       image_size=request.image_size or recorded.input_size,
+                       eval_crop_fraction=crop or TrainConfig.eval_crop_fraction, workers=request.workers,
+                       interpolation=_interpolation(request, recorded))
+
+
+def _interpolation(request: EvalRequest, recorded) -> str:
+    interpolation = request.interpolation or recorded.interpolation or "bilinear"
+    # timm's rarer choices ('nearest', 'random') fall back to bilinear
+    return interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+
+
+def eval_spec(request: EvalRequest, recorded, data) -> AugmentSpec:
+    """The device's part of the eval transform: the request's settings, else the weights' recorded
+    ones, else the data's. Streamed images arrive resized and cropped; only normalization is left."""
     channels = data.image_shape[2]
     mean, std = request.mean, request.std
     if mean is None and recorded.mean is not None and len(recorded.mean) == channels:
         mean, std = recorded.mean, recorded.std
     if mean is None:
-        mean, std = channel_statistics(data.train_images)
+        mean, std, _ = data.normalization()
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"mean and std need {channels} value(s) for {data.name}, got {len(mean)} and {len(std)}")
-    interpolation = request.interpolation or recorded.interpolation or "bilinear"
-    if interpolation not in ("bilinear", "bicubic"):
-        interpolation = "bilinear"  # timm's rarer choices ('nearest', 'random') fall back to bilinear
+    if data.streamed:
+        return AugmentSpec(tuple(mean), tuple(std), 0, False, None, None, _interpolation(request, recorded))
     return AugmentSpec(tuple(mean), tuple(std), 0, False, request.image_size or recorded.input_size,
-                       request.crop_pct if request.crop_pct is not None else recorded.crop_pct, interpolation)
+                       request.crop_pct if request.crop_pct is not None else recorded.crop_pct,
+                       _interpolation(request, recorded))
 
 
 class _NoPreprocessing:
@@ -151,9 +172,13 @@ class _NoPreprocessing:
 _NO_PREPROCESSING = _NoPreprocessing()
 
 
-def describe_spec(spec: AugmentSpec) -> str:
-    size = f"{spec.image_size}x{spec.image_size}" if spec.image_size else "the images' own size"
-    crop = f", centre {spec.crop_pct:g} of a {spec.interpolation} resize" if spec.crop_pct else ""
+def describe_eval(spec: AugmentSpec, data) -> str:
+    if data.streamed:
+        host = data.transforms
+        size, crop = f"{host.size}x{host.size}", f", centre crop of a {host.interpolation} resize to {host.resize_size}"
+    else:
+        size = f"{spec.image_size}x{spec.image_size}" if spec.image_size else "the images' own size"
+        crop = f", centre {spec.crop_pct:g} of a {spec.interpolation} resize" if spec.crop_pct else ""
     mean = ", ".join(f"{v:.4g}" for v in spec.mean)
     std = ", ".join(f"{v:.4g}" for v in spec.std)
     return f"{size}{crop}, mean ({mean}), std ({std})"

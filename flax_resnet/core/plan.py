@@ -98,10 +98,12 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
     if data.streamed:
         # The host already cropped (RandomResizedCrop, to image_size) and flipped; the device
         # normalizes, and pads-and-crops only if asked to.
-        augment = AugmentSpec(tuple(mean), tuple(std), config.crop_padding or 0, False, None)
+        augment = AugmentSpec(tuple(mean), tuple(std), config.crop_padding or 0, False, None,
+                              interpolation=config.interpolation)
     else:
         augment = default_augment(data.image_shape, crop_padding=config.crop_padding, flip=config.flip,
-                                  image_size=config.image_size, mean=mean, std=std)
+                                  image_size=config.image_size, mean=mean, std=std,
+                                  interpolation=config.interpolation)
     _, num_classes, in_channels, options = resolve(config.model, data.num_classes, channels,
                                                    dict(config.model_options))
     eval_batch = min(config.eval_batch_size, data.test_count)

@@ -15,6 +15,7 @@ SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
 PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_PRECISION = "auto"  # bf16 on a GPU or TPU, fp32 on the CPU
 DEVICES = ("auto", "cpu", "gpu")
+INTERPOLATIONS = ("bilinear", "bicubic")
 EMBEDDED_DATASET = "embedded_mnist"
 IMAGEFOLDER_DATASET = "imagefolder"
 BOOLEAN = "boolean"  # flag kind: --name / --no-name
@@ -72,6 +73,8 @@ class TrainConfig:
                                      DATA, type=int, metavar="SIZE")
     crop_scale: tuple[float, float] = setting((0.08, 1.0), "streamed data: RandomResizedCrop's area range", DATA,
                                               type=float, nargs=2, metavar=("MIN", "MAX"))
+    interpolation: str = setting("bilinear", "the filter of every resize (PIL's on the host, antialiased; "
+                                             "JAX's on the device)", DATA, choices=INTERPOLATIONS)
     eval_crop_fraction: float = setting(0.875, "streamed data: evaluation resizes the shorter side to "
                                                "SIZE / FRACTION, then centre-crops SIZE", DATA, type=float,
                                         metavar="FRACTION")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flax_resnet.core.config.settings import (DEVICES, EMBEDDED_DATASET, FRAMEWORKS, IMAGEFOLDER_DATASET, OPTIMIZERS,
+from flax_resnet.core.config.settings import (DEVICES, EMBEDDED_DATASET, FRAMEWORKS, IMAGEFOLDER_DATASET, INTERPOLATIONS,
+                                              OPTIMIZERS,
                                               PRECISIONS, RESUMABLE_CHANGES, SCHEDULES, ConfigError, TrainConfig)
 from flax_resnet.core.registry import resolve
 
@@ -55,6 +56,8 @@ def validate(config: TrainConfig) -> None:
              f"unknown schedule {config.schedule!r}; choose from {_choices(SCHEDULES)}")
     _require(config.precision in PRECISIONS,
              f"unknown precision {config.precision!r}; choose from {_choices(PRECISIONS)}")
+    _require(config.interpolation in INTERPOLATIONS,
+             f"unknown interpolation {config.interpolation!r}; choose from {_choices(INTERPOLATIONS)}")
     _require(config.device in DEVICES, f"unknown device {config.device!r}; choose from {_choices(DEVICES)}")
     _require(isinstance(config.tf32, bool), f"tf32 must be true or false, got {config.tf32!r}")
     _require(_is_number(config.lr) and config.lr > 0, f"lr must be a positive number, got {config.lr!r}")

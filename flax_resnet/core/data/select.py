@@ -22,7 +22,8 @@ def host_transforms(config, channels: int) -> HostTransforms:
     """The streamed data's crop size, scale, eval crop and flip from a TrainConfig."""
     flip = config.flip if config.flip is not None else channels == 3
     return HostTransforms(size=config.image_size or DEFAULT_STREAMED_SIZE, channels=channels,
-                          crop_scale=tuple(config.crop_scale), crop_fraction=config.eval_crop_fraction, flip=flip)
+                          crop_scale=tuple(config.crop_scale), crop_fraction=config.eval_crop_fraction, flip=flip,
+                          interpolation=config.interpolation)
 
 
 def load_data(config, *, shard: ProcessShard = ProcessShard()) -> TrainingData:

@@ -96,6 +96,11 @@ class HostTransforms:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_fraction: float = 0.875  # eval: resize the shorter side to round(size / crop_fraction)
     flip: bool = True
+    interpolation: str = "bilinear"  # or 'bicubic': PIL's filters, as torchvision's PIL path uses them
+
+    @property
+    def _filter(self):
+        return Image.BICUBIC if self.interpolation == "bicubic" else Image.BILINEAR
 
     @property
     def resize_size(self) -> int:
@@ -107,7 +112,7 @@ class HostTransforms:
         top, left, h, w = random_resized_crop_box(rng, image.width, image.height, self.crop_scale)
         image = image.crop((left, top, left + w, top + h))
         if (w, h) != (self.size, self.size):
-            image = image.resize((self.size, self.size), Image.BILINEAR)
+            image = image.resize((self.size, self.size), self._filter)
         if self.flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return _hwc(image)
@@ -117,7 +122,7 @@ class HostTransforms:
         image = to_mode(image, self.channels)
         width, height = resize_shorter_side(image.width, image.height, self.resize_size)
         if (width, height) != image.size:
-            image = image.resize((width, height), Image.BILINEAR)
+            image = image.resize((width, height), self._filter)
         top, left = center_crop_box(width, height, self.size)
         return _hwc(image.crop((left, top, left + self.size, top + self.size)))
 
@@ -128,7 +133,7 @@ class HostTransforms:
         mode = "RGB" if self.channels == 3 else "L"
         return {"train": f"RandomResizedCrop({self.size}, scale=({low}, {high}), ratio=(3/4, 4/3)){flip}",
                 "eval": f"Resize({self.resize_size}) + CenterCrop({self.size})",
-                "mode": mode, "interpolation": "bilinear, antialiased (PIL)"}
+                "mode": mode, "interpolation": f"{self.interpolation}, antialiased (PIL)"}
 
 
 def _hwc(image: Image.Image) -> np.ndarray:
