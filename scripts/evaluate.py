@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from flax_resnet.core.config import ConfigError, OneLineErrorParser, add_model_options, model_options  # noqa: E402
+from flax_resnet.core.config import OneLineErrorParser, add_model_options, model_options  # noqa: E402
 from flax_resnet.core.evaluation import EvalRequest, evaluate, report_lines  # noqa: E402
 
 
@@ -63,11 +63,11 @@ def main(argv=None) -> int:
         mean=None if args.mean is None else tuple(args.mean), std=None if args.std is None else tuple(args.std),
         crop_pct=args.crop_pct, interpolation=args.interpolation, key=args.key, model=args.model,
         model_options=options, progress=args.progress, workers=args.workers)
-    from flax_resnet.core.data import DataError
+    from flax_resnet.core.files import InputError
 
     try:
         report = evaluate(request)
-    except (ConfigError, DataError) as error:
+    except InputError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
     print("\n".join(report_lines(report)))

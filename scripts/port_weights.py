@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from flax_resnet.core.config import add_model_options  # noqa: E402
-from flax_resnet.porting.port import LAYOUT_CHOICES, PortError, port  # noqa: E402
+from flax_resnet.core.files import InputError  # noqa: E402
+from flax_resnet.porting.port import LAYOUT_CHOICES, port  # noqa: E402
 from flax_resnet.porting.verify import DEFAULT_TOLERANCE  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return port(args)
-    except PortError as error:
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

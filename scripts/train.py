@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         parser.error(str(error))
 
     # Imported after the arguments are checked: JAX and torch take seconds to load.
-    from flax_resnet.core.data import DataError
+    from flax_resnet.core.files import InputError
     from flax_resnet.core.run.interrupts import TrainingInterrupted, resume_command
     from flax_resnet.core.run.progress import UnreadableCheckpoints
     from flax_resnet.core.run.workdir import TrainingDiverged
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
     try:
         train(config)
-    except (ConfigError, DataError) as error:
+    except InputError as error:
         parser.error(str(error))
     except (TrainingDiverged, UnreadableCheckpoints) as error:
         print(f"{parser.prog}: {error}", file=sys.stderr)

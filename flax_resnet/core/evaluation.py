@@ -17,8 +17,7 @@ import numpy as np
 
 from flax_resnet.core import frameworks
 from flax_resnet.core.augment import AugmentSpec
-from flax_resnet.core.config import ConfigError
-from flax_resnet.core.config import TrainConfig
+from flax_resnet.core.config import ConfigError, TrainConfig
 from flax_resnet.core.data import load_data
 
 TOP_K = 5
@@ -51,8 +50,8 @@ def evaluate(request: EvalRequest, log=print) -> dict[str, Any]:
     'flax' / 'torch': {'top1', 'top5', 'loss'}, with both frameworks 'top1_agreement' and
     'logits_relative_difference', and 'seconds'}.
 
-    Raises ConfigError for weights or settings that cannot be evaluated (one line each), and
-    DataError for an unreadable dataset.
+    Raises InputError (one line): ConfigError for settings that cannot be evaluated, SourceError for
+    weights that cannot be read, DataError for an unreadable dataset.
     """
     unknown = [name for name in request.frameworks if name not in frameworks.FRAMEWORKS]
     if unknown or not request.frameworks:
@@ -198,7 +197,4 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 def _open_weights(request: EvalRequest):
     sources = frameworks.module("weights")
-    try:
-        return sources.open_weights(request.weights, key=request.key, name=request.model, **request.model_options)
-    except sources.SourceError as error:
-        raise ConfigError(str(error)) from None
+    return sources.open_weights(request.weights, key=request.key, name=request.model, **request.model_options)

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 
-class PathError(ValueError):
+class InputError(ValueError):
+    """Bad input a user can fix: a setting, a file, a dataset. Its message is one line that says what
+    is wrong and where; scripts print it and exit non-zero, without a traceback. Every expected
+    failure of the packages is one of these."""
+
+
+class PathError(InputError):
     """A file or directory that cannot be used; the message names the path and the problem."""
 
     def __init__(self, path, problem: str):

@@ -3,6 +3,7 @@
 The neutral core drives training, evaluation and the studies; the JAX or torch code that does the
 numerical work is imported only when a run asks for that framework, so importing the core imports
 neither. One table says where every half lives; a `Protocol` per role says what it provides.
+from flax_resnet.core.files import InputError
 
     backend(framework)           a TrainerBackend for `core.run.skeleton.run`
     module(role, framework)      the module playing `role` (a key of MODULES) for that framework
@@ -15,6 +16,8 @@ import importlib
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, Protocol
+
+from flax_resnet.core.files import InputError
 
 FRAMEWORKS = ("flax", "torch")
 
@@ -37,7 +40,7 @@ MODULES: Mapping[str, Mapping[str, str]] = {
 }
 
 
-class UnknownFramework(ValueError):
+class UnknownFramework(InputError):
     """A framework or role name that has no module; the message lists the valid ones."""
 
 

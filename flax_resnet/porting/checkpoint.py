@@ -26,8 +26,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from flax_resnet.core.files import (PathError, atomic_directory, checksum_problem, folder_checksums, summarize,
-                                    write_json)
+from flax_resnet.core.files import (
+    PathError,
+    atomic_directory,
+    checksum_problem,
+    folder_checksums,
+    summarize,
+    write_json,
+)
 from flax_resnet.core.registry import full_kwargs
 from flax_resnet.models import attach_recipe, model_recipe, model_skeleton
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from flax_resnet.core.files import atomic_directory
+from flax_resnet.core.files import InputError, atomic_directory
 from flax_resnet.core.registry import IMAGENET_WIDTHS, MODELS
 from flax_resnet.porting.layouts import from_twin
 
@@ -35,7 +35,7 @@ EXPANSION = {"basic": 1, "bottleneck": 4}  # ResNetBottleNeckLayer's `reduction`
 TIMM_NEUTRAL_ARGS = {"in_chans", "num_classes", "global_pool", "drop_rate", "drop_path_rate", "pretrained_cfg"}
 
 
-class HubConfigError(ValueError):
+class HubConfigError(InputError):
     """A config the registry has no equivalent for; the message names the setting."""
 
 

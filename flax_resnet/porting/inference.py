@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from flax_resnet.core.files import InputError
 from flax_resnet.core.registry import MODELS, OPTION_CHOICES, full_kwargs
 from flax_resnet.porting.state_dict import canonical_key
 
@@ -23,7 +24,7 @@ from flax_resnet.porting.state_dict import canonical_key
 INVISIBLE_OPTIONS = ("maxpool",)
 
 
-class VariantError(ValueError):
+class VariantError(InputError):
     """The weights fit no registered variant, or the one asked for."""
 
 

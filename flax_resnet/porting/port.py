@@ -3,7 +3,7 @@
 The sequence `scripts/port_weights.py` runs: read SRC (`sources.read_source`: a PyTorch file, a
 transformers or timm directory, a Flax checkpoint, a run folder), decide the variant (from the
 flags, else from what SRC says and its keys and shapes), build the model, optionally verify it
-against the torch twin, write DST in the spelling asked for. Every expected failure is a PortError
+against the torch twin, write DST in the spelling asked for. Every expected failure is an InputError
 with a one-line message; DST is written only at the end.
 """
 
@@ -14,22 +14,23 @@ import sys
 
 import torch
 
+from flax_resnet.core.files import InputError
 from flax_resnet.core.registry import TORCHVISION_MODELS
 from flax_resnet.porting import checkpoint, hub
 from flax_resnet.porting.hub import HubConfigError
 from flax_resnet.porting.inference import Variant
 from flax_resnet.porting.layouts import describe_spelling, from_twin
-from flax_resnet.porting.sources import KINDS, Source, SourceError, build_model, read_source, resolve_variant
+from flax_resnet.porting.sources import KINDS, Source, build_model, read_source, resolve_variant
 from flax_resnet.porting.state_dict import to_torch_state_dict
-from flax_resnet.porting.torch_files import TORCH_SUFFIXES, WeightFileError, write_torch_file
-from flax_resnet.porting.verify import VerificationError, verify_port
+from flax_resnet.porting.torch_files import TORCH_SUFFIXES, write_torch_file
+from flax_resnet.porting.verify import verify_port
 
 VERIFY_FAILED = 3
 # --layout: how a PyTorch DST spells its keys.
 LAYOUT_CHOICES = ("torchvision", "source", "transformers")
 
 
-class PortError(Exception):
+class PortError(InputError):
     """An expected failure: printed as one line, no traceback."""
 
 
@@ -38,23 +39,23 @@ def port(args) -> int:
 
     `args` has the script's options as attributes (src, dst, model, num_classes, in_channels,
     stem, maxpool, shortcut, key, layout, verify, tolerance, force). Returns 0, or VERIFY_FAILED
-    when --verify found a divergence (DST not written). Raises PortError for any bad input, DST
+    when --verify found a divergence (DST not written). Raises InputError for any bad input, DST
     untouched.
     """
-    source = guarded(read_source, args.src, key=args.key)
+    source = read_source(args.src, key=args.key)
     spelling = output_spelling(args.layout, source)
     target = destination_kind(args.dst, spelling, args.layout)
     check_destination(args.dst, args.force, target)
-    variant, hint = guarded(resolve_variant, source, name=args.model, num_classes=args.num_classes,
+    variant, hint = resolve_variant(source, name=args.model, num_classes=args.num_classes,
                             in_channels=args.in_channels, **given_options(args))
     report_source(source, variant, args)
-    model = guarded(build_model, source, variant, hint=hint)
+    model = build_model(source, variant, hint=hint)
     output = to_torch_state_dict(model) if target != "flax" else None
     if args.verify:
         # The torch twin is built by torch itself from DST's weights, else SRC's.
         reference = output if output is not None else (
             to_torch_state_dict(model) if source.headless else source.state_dict)
-        report = guarded(verify_port, model, reference, variant.name, variant.kwargs, tolerance=args.tolerance)
+        report = verify_port(model, reference, variant.name, variant.kwargs, tolerance=args.tolerance)
         print("\n".join(report.lines()))
         if not report.passed:
             bad = report.first_divergence
@@ -62,7 +63,7 @@ def port(args) -> int:
                   f"{bad.stage} ({bad.relative:.1e} > {args.tolerance:.0e})", file=sys.stderr)
             return VERIFY_FAILED
     if target == "torch":
-        guarded(write_torch_file, from_twin(output, spelling), args.dst)
+        write_torch_file(from_twin(output, spelling), args.dst)
         print(f"wrote {args.dst}: {len(output)} tensors, {keyed_as(spelling, variant, output)}")
     elif target == "transformers":
         try:
@@ -74,18 +75,11 @@ def port(args) -> int:
         print(f"wrote {args.dst}: transformers directory of ResNetForImageClassification "
               f"(config.json and model.safetensors, {len(output)} tensors)")
     else:
-        guarded(checkpoint.save, model, args.dst, model_name=variant.name, model_kwargs=variant.kwargs,
+        checkpoint.save(model, args.dst, model_name=variant.name, model_kwargs=variant.kwargs,
                 overwrite=args.force, source=source.record())
         print(f"wrote {args.dst}: Flax checkpoint of {variant.name}")
     return 0
 
-
-def guarded(function, *args, **kwargs):
-    """Call `function`; its expected failures become a PortError (their messages name the file)."""
-    try:
-        return function(*args, **kwargs)
-    except (SourceError, WeightFileError, checkpoint.CheckpointError, VerificationError) as error:
-        raise PortError(str(error)) from None
 
 
 def report_source(source: Source, variant: Variant, args) -> None:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_resnet.core.files import summarize
+from flax_resnet.core.files import InputError, summarize
 from flax_resnet.porting.layouts import canonical_key
 
 # Flax leaf name -> torch leaf name.
@@ -27,7 +27,7 @@ LEAF_NAMES = {
 }
 
 
-class StateDictMismatchError(ValueError):
+class StateDictMismatchError(InputError):
     """A state_dict does not fit the model; lists every missing, unexpected and mis-shaped key."""
 
     def __init__(self, missing=(), unexpected=(), mismatched=()):

@@ -17,6 +17,7 @@ import torch
 from flax import nnx
 
 import torch_ref
+from flax_resnet.core.files import InputError
 from flax_resnet.core.registry import MODELS
 from flax_resnet.porting.state_dict import canonical_key
 
@@ -24,7 +25,7 @@ from flax_resnet.porting.state_dict import canonical_key
 DEFAULT_TOLERANCE = 1e-4
 
 
-class VerificationError(ValueError):
+class VerificationError(InputError):
     """The torch twin could not even be built from the weights."""
 
 

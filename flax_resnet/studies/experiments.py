@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from flax_resnet.core import frameworks
-from flax_resnet.core.config import EMBEDDED_DATASET, PRESETS, ConfigError, TrainConfig, config_from_args
+from flax_resnet.core.config import EMBEDDED_MNIST, PRESETS, ConfigError, TrainConfig, config_from_args
 from flax_resnet.core.data import Dataset, load_dataset
 from flax_resnet.core.files import atomic_file, write_json
 from flax_resnet.core.plan import prepare_run
@@ -136,7 +136,7 @@ def comparison_configs(models: list[str] | None, explicit: dict[str, Any], *, ex
     configs = {}
     for name in names:
         values = {**preset.settings, **recipe_values, **preset.model_settings.get(name, {})}
-        if {**values, **explicit}.get("dataset", EMBEDDED_DATASET) == EMBEDDED_DATASET:
+        if {**values, **explicit}.get("dataset", EMBEDDED_MNIST) == EMBEDDED_MNIST:
             values.update(preset.embedded_settings)
         values.update(explicit)
         values = {key: value for key, value in values.items()

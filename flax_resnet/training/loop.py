@@ -28,8 +28,18 @@ from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state
 from flax_resnet.training import processes
 from flax_resnet.training.optim import make_optimizer
 from flax_resnet.training.run_checkpoints import RunCheckpoints
-from flax_resnet.training.step import (batch_sharded, data_mesh, jit_eval_step, jit_train_step, merge_model, prefetch,
-                                       put_batch, replicated, select_devices, split_model)
+from flax_resnet.training.step import (
+    batch_sharded,
+    data_mesh,
+    jit_eval_step,
+    jit_train_step,
+    merge_model,
+    prefetch,
+    put_batch,
+    replicated,
+    select_devices,
+    split_model,
+)
 
 __all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "UnreadableCheckpoints", "train"]
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flax_resnet.core.files import InputError
+
 FRAMEWORKS = ("flax", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
@@ -16,12 +18,12 @@ PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_PRECISION = "auto"  # bf16 on a GPU or TPU, fp32 on the CPU
 DEVICES = ("auto", "cpu", "gpu")
 INTERPOLATIONS = ("bilinear", "bicubic")
-EMBEDDED_DATASET = "embedded_mnist"
-IMAGEFOLDER_DATASET = "imagefolder"
+EMBEDDED_MNIST = "embedded_mnist"
+IMAGEFOLDER = "imagefolder"
 BOOLEAN = "boolean"  # flag kind: --name / --no-name
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A setting that cannot work. The message says which and lists the valid choices."""
 
 
@@ -62,7 +64,7 @@ class TrainConfig:
                               kind=BOOLEAN)
 
     # --- data
-    dataset: str = setting(EMBEDDED_DATASET, "embedded_mnist (offline), imagefolder (with --data-dir), a tfds name "
+    dataset: str = setting(EMBEDDED_MNIST, "embedded_mnist (offline), imagefolder (with --data-dir), a tfds name "
                                              "(mnist, cifar10, imagenette, imagenet2012, ...) or, with --data-dir, a "
                                              "torchvision folder", DATA, metavar="NAME")
     data_dir: str | None = setting(None, "an ImageFolder tree (DIR/train/<class>/<image>, DIR/val/...), a folder "

@@ -5,10 +5,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flax_resnet.core.config.settings import (DEVICES, EMBEDDED_DATASET, FRAMEWORKS, IMAGEFOLDER_DATASET, INTERPOLATIONS,
-                                              OPTIMIZERS,
-                                              PRECISIONS, RESUMABLE_CHANGES, SCHEDULES, ConfigError, TrainConfig)
+from flax_resnet.core.config.settings import (
+    DEVICES,
+    EMBEDDED_MNIST,
+    FRAMEWORKS,
+    IMAGEFOLDER,
+    INTERPOLATIONS,
+    OPTIMIZERS,
+    PRECISIONS,
+    RESUMABLE_CHANGES,
+    SCHEDULES,
+    ConfigError,
+    TrainConfig,
+)
 from flax_resnet.core.registry import resolve
+
 
 def _choices(values) -> str:
     return ", ".join(str(v) for v in values)
@@ -43,7 +54,7 @@ def validate(config: TrainConfig) -> None:
                  f"{name} keeps what pretrained weights learned: it needs init_from")
     _require(config.init_key is None or config.init_from is not None, "init_key names an entry of init_from's file")
     _require(isinstance(config.dataset, str) and config.dataset != "",
-             f"dataset must be a name, e.g. {EMBEDDED_DATASET}, mnist, fashion_mnist, cifar10, cifar100")
+             f"dataset must be a name, e.g. {EMBEDDED_MNIST}, mnist, fashion_mnist, cifar10, cifar100")
     for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "keep_checkpoints"):
         value = getattr(config, name)
         _require(_is_int(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
@@ -85,7 +96,7 @@ def validate(config: TrainConfig) -> None:
              f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     _require(config.image_size is None or (_is_int(config.image_size) and config.image_size >= 8),
              f"image_size must be an integer >= 8, got {config.image_size!r}")
-    _require(config.dataset != IMAGEFOLDER_DATASET or config.data_dir is not None,
+    _require(config.dataset != IMAGEFOLDER or config.data_dir is not None,
              "--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<image>, DIR/val/<class>/<image>)")
     low_high = tuple(config.crop_scale) if isinstance(config.crop_scale, (tuple, list)) else ()
     _require(len(low_high) == 2 and all(_is_number(v) for v in low_high) and 0 < low_high[0] <= low_high[1] <= 1,
