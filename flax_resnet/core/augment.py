@@ -11,6 +11,17 @@ import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
+class MixSpec:
+    """Batch mixing (`flax_resnet.training.mixing`): MixUp and/or CutMix, one of them per batch."""
+
+    mode: str  # 'torchvision' or 'timm'
+    mixup_alpha: float
+    cutmix_alpha: float
+    num_classes: int
+    label_smoothing: float = 0.0  # timm: inside the mixed targets (torchvision: in the loss)
+
+
+@dataclasses.dataclass(frozen=True)
 class AugmentSpec:
     """What happens to a batch. Hashable, so it can be a static argument of a jitted function."""
 
@@ -21,6 +32,7 @@ class AugmentSpec:
     image_size: int | None = None  # resize to this square size first; None: keep
     crop_pct: float | None = None  # evaluation: resize to image_size / crop_pct, then cut out the centre
     interpolation: str = "bilinear"  # of every resize: 'bilinear' or 'bicubic'
+    mixing: MixSpec | None = None  # train batches only
 
 
 def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

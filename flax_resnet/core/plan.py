@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flax_resnet.core.augment import AugmentSpec, default_augment
+from flax_resnet.core.augment import AugmentSpec, MixSpec, default_augment
 from flax_resnet.core.config import AUTO_PRECISION, ConfigError, TrainConfig
 from flax_resnet.core.data import TrainingData
 from flax_resnet.core.registry import resolve
@@ -16,6 +16,7 @@ from flax_resnet.core.registry import resolve
 # Seconds between progress-bar refreshes. Each refresh waits for the device, so not every step.
 REFRESH_SECONDS = 0.5
 AUGMENT_STREAM = 1  # the augmentation key is fold_in(key(seed), 1)
+MIXING_STREAM = 2  # a step's mixing key is fold_in(fold_in(augmentation key, 2), step)
 
 
 @dataclasses.dataclass
@@ -106,6 +107,10 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
                                   interpolation=config.interpolation)
     _, num_classes, in_channels, options = resolve(config.model, data.num_classes, channels,
                                                    dict(config.model_options))
+    if config.mixup_alpha or config.cutmix_alpha:
+        smoothing = config.label_smoothing if config.mixup_mode == "timm" else 0.0
+        augment = dataclasses.replace(augment, mixing=MixSpec(config.mixup_mode, config.mixup_alpha,
+                                                              config.cutmix_alpha, num_classes, smoothing))
     eval_batch = min(config.eval_batch_size, data.test_count)
     eval_batch = -(-eval_batch // num_devices) * num_devices
     plan = StepPlan(train_count // config.batch_size, config.grad_accum, config.epochs)

@@ -106,7 +106,8 @@ class Backend:
         frozen_bn = config.freeze_bn or config.freeze_backbone
         self.train_step = jit_train_step(self.eval_graphdef if frozen_bn else graphdef, tx, self.mesh,
                                          augment=setup.augment, precision=config.precision,
-                                         label_smoothing=config.label_smoothing, tf32=config.tf32)
+                                         label_smoothing=config.label_smoothing, loss=config.loss,
+                                         bce_target_threshold=config.bce_target_threshold, tf32=config.tf32)
         self.eval_step = jit_eval_step(self.eval_graphdef, self.mesh, augment=setup.augment,
                                        precision=config.precision, tf32=config.tf32)
         self.state = jax.device_put(jax.device_get(state), replicated(self.mesh))  # the same on every process

@@ -6,6 +6,7 @@ metrics. `torch_ref.training.losses` holds the torch twins.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -39,3 +40,17 @@ def binary_cross_entropy(logits, targets, smoothing: float = 0.0, target_thresho
     if target_threshold is not None:
         targets = (targets > target_threshold).astype(logits.dtype)
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean(-1)
+
+
+def train_losses(logits, labels, targets, *, loss: str, label_smoothing: float, target_threshold: float | None):
+    """Per-example losses of a train step: against the int `labels`, or the soft `targets` of a
+    mixed batch (None when it was not mixed; timm's mixing put the smoothing inside them)."""
+    if loss == "bce":
+        if targets is None:
+            return binary_cross_entropy(logits, labels, label_smoothing, target_threshold)
+        return binary_cross_entropy(logits, targets, 0.0, target_threshold)
+    if targets is None:
+        if label_smoothing:
+            return soft_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return soft_cross_entropy(logits, targets, label_smoothing)

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_resnet.training.config import ConfigError
+from flax_resnet.core.config import ConfigError
+from flax_resnet.core.plan import MIXING_STREAM
 
 MODES = ("torchvision", "timm")
 
@@ -168,3 +169,14 @@ def mix_batch(images, labels, draws: MixDraws, mode: str, *, num_classes: int, l
     own = jnp.where(labels[:, None] == jnp.arange(num_classes), on_value, off_value).astype(jnp.float32)
     targets = own * draws.lam + _partner(own, mode) * (1.0 - draws.lam)
     return mixed, targets
+
+
+def mix_for_step(rng, step, images, labels, spec):
+    """(mixed images, soft targets [batch, classes]) for train step `step`, as `spec` (a MixSpec)
+    says. Its key comes from its own stream of the run's augmentation key, folded with the step,
+    so a resumed run mixes as the uninterrupted one did and the augmentation's draws stay as they were."""
+    key = jax.random.fold_in(jax.random.fold_in(rng, MIXING_STREAM), step)
+    draws = draw_mixing(key, images.shape[1:3], mode=spec.mode, mixup_alpha=spec.mixup_alpha,
+                        cutmix_alpha=spec.cutmix_alpha)
+    return mix_batch(images, labels, draws, spec.mode, num_classes=spec.num_classes,
+                     label_smoothing=spec.label_smoothing)

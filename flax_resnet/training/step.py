@@ -25,6 +25,8 @@ from flax_resnet.core.augment import AugmentSpec
 from flax_resnet.core.config import ConfigError
 from flax_resnet.models import xla_cpu
 from flax_resnet.training.device_transforms import eval_transform, train_transform
+from flax_resnet.training.losses import train_losses
+from flax_resnet.training.mixing import mix_for_step
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -66,7 +68,7 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
 
 
 def train_step(graphdef, state: TrainState, batch, rng, *, tx, augment: AugmentSpec, precision: str,
-               label_smoothing: float):
+               label_smoothing: float, loss: str = "cross_entropy", bce_target_threshold: float | None = None):
     """One step: augment, forward in the compute dtype, backward, optimizer update, new BN statistics.
 
     batch: {'image': uint8 NHWC, 'label': int32}. rng: the run's base key; this step's key is
@@ -74,15 +76,21 @@ def train_step(graphdef, state: TrainState, batch, rng, *, tx, augment: AugmentS
     (new state, {'loss', 'correct', 'count'}) with sums over the batch.
     """
     dtype = COMPUTE_DTYPES[precision]
-    images = train_transform(jax.random.fold_in(rng, state.step), batch["image"], augment, dtype)
-    labels = batch["label"]
+    labels, targets = batch["label"], None
+    if augment.mixing is None:
+        images = train_transform(jax.random.fold_in(rng, state.step), batch["image"], augment, dtype)
+    else:  # mixed in float32, as the torch twin receives the pixels
+        images = train_transform(jax.random.fold_in(rng, state.step), batch["image"], augment, jnp.float32)
+        images, targets = mix_for_step(rng, state.step, images, labels, augment.mixing)
+        images = images.astype(dtype)
 
     def loss_fn(params):
         # bf16: the matmuls and convs see bf16 copies; gradients flow back to the fp32 originals.
         # copy=True: fresh Variables belonging to this trace, so BatchNorm may update them here.
         model = nnx.merge(graphdef, _cast_floating(params, dtype), state.batch_stats, copy=True)
         logits = model(images).astype(jnp.float32)
-        losses = cross_entropy(logits, labels, label_smoothing)
+        losses = train_losses(logits, labels, targets, loss=loss, label_smoothing=label_smoothing,
+                              target_threshold=bce_target_threshold)
         new_batch_stats = nnx.split(model, nnx.Param, ...)[2]
         return losses.mean(), (losses, logits, new_batch_stats)
 
@@ -166,14 +174,16 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 # flax_resnet.training.optim.make_optimizer) and settings gets the same jitted function, already compiled.
 @functools.lru_cache(maxsize=8)
 def jit_train_step(graphdef, tx, mesh: Mesh, *, augment: AugmentSpec, precision: str = "fp32",
-                   label_smoothing: float = 0.0, cpu_tuned: bool = True, tf32: bool = False):
+                   label_smoothing: float = 0.0, loss: str = "cross_entropy",
+                   bce_target_threshold: float | None = None, cpu_tuned: bool = True, tf32: bool = False):
     """train_step, jitted over `mesh`: (state, batch, rng) -> (state, metrics). The state is donated.
 
     `cpu_tuned`: compile with `xla_cpu.COMPILER_OPTIONS` on CPU (False: XLA's defaults).
     `tf32`: float32 matmuls and convolutions may use TF32 (`matmul_precision`).
     """
     step = _with_precision(functools.partial(train_step, graphdef, tx=tx, augment=augment, precision=precision,
-                                             label_smoothing=label_smoothing), tf32)
+                                             label_smoothing=label_smoothing, loss=loss,
+                                             bce_target_threshold=bce_target_threshold), tf32)
     return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
                    compiler_options=xla_cpu.compiler_options(cpu_tuned))

@@ -15,7 +15,7 @@ import torchvision.transforms.v2 as T
 from scipy import stats
 from timm.data.mixup import Mixup, cutmix_bbox_and_lam
 
-from flax_resnet.training.config import ConfigError
+from flax_resnet.core.config import ConfigError
 from flax_resnet.training.mixing import MixDraws, draw_mixing, mix_batch
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)

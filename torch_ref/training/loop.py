@@ -29,6 +29,7 @@ from flax_resnet.core.run.progress import Progress
 from flax_resnet.core.run.skeleton import run
 from flax_resnet.core.run.workdir import check_finite, live_metrics, progress_bar
 from flax_resnet.training.device_transforms import eval_transform, train_transform
+from flax_resnet.training.mixing import mix_for_step
 from torch_ref.training.optim import make_optimizer
 from torch_ref.training.run_checkpoints import RunCheckpoints
 from torch_ref.training.step import eval_step, select_device, set_tf32, train_step
@@ -154,12 +155,13 @@ def train_epoch(model, optimizer, schedule, augment_steps, rng, data: TrainingDa
     prepared = prepare_batches(augment_steps, rng, batches, step)  # on the CPU, where `rng` is
     with batches, progress_bar(steps, epoch, config.epochs, config.progress) as bar:
         bar.update(start)
-        for index, (images, labels) in enumerate(prefetch_to(device, prepared), start + 1):
+        for index, (images, labels, targets) in enumerate(prefetch_to(device, prepared), start + 1):
             update = step // config.grad_accum if (step + 1) % config.grad_accum == 0 else None
             metrics = train_step(model, optimizer, images, labels, schedule=schedule, update=update,
                                  grad_accum=config.grad_accum, precision=config.precision,
                                  label_smoothing=config.label_smoothing,
-                                 freeze_bn=config.freeze_bn or config.freeze_backbone)
+                                 freeze_bn=config.freeze_bn or config.freeze_backbone, targets=targets,
+                                 loss=config.loss, bce_target_threshold=config.bce_target_threshold)
             step += 1
             totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
             now = time.perf_counter()
@@ -210,19 +212,26 @@ CHUNK_BYTES = 64 << 20
 def jitted_transforms(spec):
     """(augment_steps, prepare_eval), jitted once per setting.
 
-    augment_steps(rng, first_step, images[k, batch, ...]) -> the augmented images of k steps, the
-    same pixels the Flax step uses at those steps.
+    augment_steps(rng, first_step, images[k, batch, ...], labels[k, batch]) -> (the augmented
+    images of k steps, the same pixels the Flax step uses at those steps; their mixed soft targets,
+    or None when `spec` mixes nothing).
     """
-    def augment_steps(rng, first_step, images):
+    def augment_steps(rng, first_step, images, labels):
+        def augment_step(step, images, labels):
+            pixels = train_transform(jax.random.fold_in(rng, step), images, spec)
+            if spec.mixing is None:
+                return pixels, None
+            return mix_for_step(rng, step, pixels, labels, spec.mixing)
+
         steps = first_step + jnp.arange(images.shape[0])
-        keys = jax.vmap(lambda step: jax.random.fold_in(rng, step))(steps)
-        return jax.vmap(lambda key, batch: train_transform(key, batch, spec))(keys, images)
+        return jax.vmap(augment_step)(steps, images, labels)
 
     return jax.jit(augment_steps), jax.jit(functools.partial(eval_transform, spec=spec))
 
 
 def prepare_batches(augment_steps, rng, batches, first_step: int):
-    """Yield (NCHW images, int64 labels) for each batch of the epoch, a chunk of steps at a time."""
+    """Yield (NCHW images, int64 labels, soft targets or None) for each batch of the epoch, a chunk of
+    steps at a time."""
     chunk_steps, done = None, 0
     while True:
         chunk = list(itertools.islice(batches, chunk_steps or 1))
@@ -231,10 +240,14 @@ def prepare_batches(augment_steps, rng, batches, first_step: int):
         if chunk_steps is None:  # sized by the first batch, then fixed: one compiled chunk shape
             chunk_steps = max(1, min(CHUNK_STEPS, CHUNK_BYTES // chunk[0]["image"].nbytes))
             chunk.extend(itertools.islice(batches, chunk_steps - 1))
-        pixels = np.asarray(augment_steps(rng, first_step + done, np.stack([batch["image"] for batch in chunk])))
+        pixels, targets = augment_steps(rng, first_step + done, np.stack([batch["image"] for batch in chunk]),
+                                        np.stack([batch["label"] for batch in chunk]))
+        pixels = np.asarray(pixels)
+        targets = [None] * len(chunk) if targets is None else np.asarray(targets)
         done += len(chunk)
-        for images, batch in zip(pixels, chunk):
-            yield _nchw(images), torch.from_numpy(batch["label"].astype(np.int64))
+        for images, batch, mixed in zip(pixels, chunk, targets):
+            yield (_nchw(images), torch.from_numpy(batch["label"].astype(np.int64)),
+                   None if mixed is None else torch.from_numpy(np.array(mixed)))
 
 
 def _nchw(images) -> torch.Tensor:

@@ -32,3 +32,16 @@ def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing:
     if target_threshold is not None:
         targets = (targets > target_threshold).to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
+
+
+def train_losses(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, *, loss: str,
+                 label_smoothing: float, target_threshold: float | None) -> torch.Tensor:
+    """Per-example losses of a train step: against the int `labels`, or the soft `targets` of a
+    mixed batch (None when it was not mixed; timm's mixing put the smoothing inside them)."""
+    if loss == "bce":
+        if targets is None:
+            return binary_cross_entropy(logits, labels, label_smoothing, target_threshold)
+        return binary_cross_entropy(logits, targets, 0.0, target_threshold)
+    if targets is None:
+        return F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    return soft_cross_entropy(logits, targets, label_smoothing)

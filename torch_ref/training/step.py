@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from flax_resnet.core.config import ConfigError
+from torch_ref.training.losses import train_losses
 from torch_ref.training.optim import set_hyperparameters
 
 
@@ -38,14 +39,17 @@ def autocast(device: torch.device, precision: str):
 
 
 def train_step(model, optimizer, images, labels, *, schedule, update: int | None, grad_accum: int = 1,
-               precision: str = "fp32", label_smoothing: float = 0.0, freeze_bn: bool = False) -> dict[str, torch.Tensor]:
+               precision: str = "fp32", label_smoothing: float = 0.0, freeze_bn: bool = False, targets=None,
+               loss: str = "cross_entropy", bce_target_threshold: float | None = None) -> dict[str, torch.Tensor]:
     """Forward and backward of one batch, then optimizer update number `update` with its lr and
     momentum from `schedule` (None: accumulate the gradient only).
 
     With grad_accum k each batch contributes 1/k of its mean-loss gradient, so an update applies
     the mean gradient of k batches (as optax.MultiSteps). BatchNorm statistics move every batch,
     unless `freeze_bn`: then BatchNorm normalizes with its running statistics and keeps them.
-    Returns {'loss', 'correct', 'count'}: sums over the batch, 0-d tensors on the images' device.
+    `targets`: the soft targets of a mixed batch (None: the int `labels`); `loss` as
+    `losses.train_losses`. Returns {'loss', 'correct', 'count'}: sums over the batch, 0-d tensors
+    on the images' device.
     """
     model.train()
     if freeze_bn:
@@ -55,7 +59,8 @@ def train_step(model, optimizer, images, labels, *, schedule, update: int | None
     with autocast(images.device, precision):
         logits = model(images)
     logits = logits.float()
-    losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    losses = train_losses(logits, labels, targets, loss=loss, label_smoothing=label_smoothing,
+                          target_threshold=bce_target_threshold)
     (losses.mean() / grad_accum).backward()
     if update is not None:
         set_hyperparameters(optimizer, schedule, update)

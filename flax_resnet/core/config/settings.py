@@ -18,6 +18,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_PRECISION = "auto"  # bf16 on a GPU or TPU, fp32 on the CPU
 DEVICES = ("auto", "cpu", "gpu")
 INTERPOLATIONS = ("bilinear", "bicubic")
+MIXUP_MODES = ("torchvision", "timm")
+LOSSES = ("cross_entropy", "bce")
 EMBEDDED_MNIST = "embedded_mnist"
 IMAGEFOLDER = "imagefolder"
 BOOLEAN = "boolean"  # flag kind: --name / --no-name
@@ -111,6 +113,19 @@ class TrainConfig:
                                                          "of the epochs)", OPTIM, type=float, nargs="+")
     gamma: float = setting(0.1, "multistep decay factor", OPTIM, type=float)
     label_smoothing: float = setting(0.0, "as torch's CrossEntropyLoss(label_smoothing=...)", OPTIM, type=float)
+    mixup_alpha: float = setting(0.0, "MixUp with lambda ~ Beta(ALPHA, ALPHA) (0: off); with --cutmix-alpha, one of "
+                                      "the two per batch", OPTIM, type=float, metavar="ALPHA")
+    cutmix_alpha: float = setting(0.0, "CutMix with lambda ~ Beta(ALPHA, ALPHA) (0: off)", OPTIM, type=float,
+                                  metavar="ALPHA")
+    mixup_mode: str = setting("torchvision", "torchvision: its reference's RandomChoice of MixUp and CutMix, the "
+                                             "partner the batch rolled by one; timm: its Mixup (switch prob 0.5, "
+                                             "the flipped batch, label smoothing inside the mixed targets)", OPTIM,
+                              choices=MIXUP_MODES)
+    loss: str = setting("cross_entropy", "cross_entropy (torch's, over soft targets when mixing) or bce (timm's "
+                                         "BinaryCrossEntropy)", OPTIM, choices=LOSSES)
+    bce_target_threshold: float | None = setting(None, "bce: targets above it become 1, the rest 0 (timm's "
+                                                       "target_threshold; none: kept)", OPTIM, type=float,
+                                                 metavar="T")
     grad_accum: int = setting(1, "micro-steps whose mean gradient makes one optimizer update", OPTIM, type=int)
     precision: str = setting("fp32", "bf16: bfloat16 compute, parameters, optimizer state and BN statistics stay "
                                      "fp32; auto: bf16 on a GPU or TPU, fp32 on the CPU", OPTIM, choices=PRECISIONS)

@@ -10,7 +10,7 @@ from flax_resnet.core.config.settings import (
     EMBEDDED_MNIST,
     FRAMEWORKS,
     IMAGEFOLDER,
-    INTERPOLATIONS,
+    INTERPOLATIONS, LOSSES, MIXUP_MODES,
     OPTIMIZERS,
     PRECISIONS,
     RESUMABLE_CHANGES,
@@ -67,6 +67,20 @@ def validate(config: TrainConfig) -> None:
              f"unknown schedule {config.schedule!r}; choose from {_choices(SCHEDULES)}")
     _require(config.precision in PRECISIONS,
              f"unknown precision {config.precision!r}; choose from {_choices(PRECISIONS)}")
+    for name in ("mixup_alpha", "cutmix_alpha"):
+        value = getattr(config, name)
+        _require(_is_number(value) and value >= 0, f"{name} must be >= 0 (0: off), got {value!r}")
+    _require(config.mixup_mode in MIXUP_MODES,
+             f"unknown mixup_mode {config.mixup_mode!r}; choose from {_choices(MIXUP_MODES)}")
+    _require(config.loss in LOSSES, f"unknown loss {config.loss!r}; choose from {_choices(LOSSES)}")
+    _require(config.bce_target_threshold is None or config.loss == "bce", "bce_target_threshold needs loss bce")
+    _require(config.bce_target_threshold is None or (_is_number(config.bce_target_threshold)
+                                                     and 0 <= config.bce_target_threshold < 1),
+             f"bce_target_threshold must be in [0, 1), got {config.bce_target_threshold!r}")
+    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+    _require(not (mixing and config.loss == "bce" and config.mixup_mode == "torchvision" and config.label_smoothing),
+             "bce with torchvision-style mixing takes no label_smoothing (timm smooths inside the mixed targets: "
+             "mixup_mode timm)")
     _require(config.interpolation in INTERPOLATIONS,
              f"unknown interpolation {config.interpolation!r}; choose from {_choices(INTERPOLATIONS)}")
     _require(config.device in DEVICES, f"unknown device {config.device!r}; choose from {_choices(DEVICES)}")
