@@ -175,7 +175,8 @@ def compile_ahead(train_step, eval_step, state, rng, data: TrainingData, config:
                   mesh):
     """Compile both steps before the loop, so the first epoch's img/s is not the compiler's."""
     def batch(size, with_mask):
-        spec = {"image": jax.ShapeDtypeStruct((size, *data.image_shape), np.uint8, sharding=batch_sharded(mesh)),
+        shape = data.eval_image_shape if with_mask else data.image_shape
+        spec = {"image": jax.ShapeDtypeStruct((size, *shape), np.uint8, sharding=batch_sharded(mesh)),
                 "label": jax.ShapeDtypeStruct((size,), np.int32, sharding=batch_sharded(mesh))}
         if with_mask:
             spec["mask"] = jax.ShapeDtypeStruct((size,), np.float32, sharding=batch_sharded(mesh))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from flax_resnet.core.config import TrainConfig
@@ -46,3 +47,37 @@ def test_the_torch_trainer_sees_the_same_streamed_pixels(digits, tmp_path):
     for key in ("train_loss", "test_loss"):
         assert torch_record[key] == pytest.approx(flax_record[key], rel=1e-4), key
     assert torch_record["test_accuracy"] == pytest.approx(flax_record["test_accuracy"], abs=1 / 300)
+
+
+def test_training_and_evaluation_crops_of_their_own_size(digits, tmp_path):
+    """FixRes: train crops of 24, evaluation at 28 after a resize to 32, in both frameworks; the
+    batches have those shapes and the held-out pixels are torchvision's Resize(32) + CenterCrop(28)."""
+    import torchvision.transforms.v2 as T
+    from PIL import Image
+
+    from flax_resnet.core.data import load_data
+
+    settings = dict(model="resnet20", epochs=1, batch_size=500, train_crop_size=24, val_resize_size=32,
+                    eval_crop_fraction=0.875)
+    config = digits_config(digits, tmp_path / "flax", **settings)
+    data = load_data(config)
+    with data.train_batches(1, seed=0, batch_size=500) as batches:
+        assert next(iter(batches))["image"].shape == (500, 24, 24, 3)
+    with data.eval_batches(100) as batches:
+        first = next(iter(batches))
+    data.close()
+    assert first["image"].shape == (100, 28, 28, 3)
+    path = data.test.path(0)
+    expected = T.CenterCrop(28)(T.Resize(32)(Image.open(path).convert("RGB")))
+    assert np.array_equal(first["image"][0], np.asarray(expected))
+
+    # Three steps on the same 24-pixel crops: the same losses as a few steps give elsewhere (1e-4).
+    # The evaluation after them runs at 28 in both, on the same pixels; its loss magnifies the
+    # float32 differences of a 20-layer net's updates, so only its image count is compared.
+    flax_record = train(config).history[0]
+    torch_record = train(digits_config(digits, tmp_path / "torch", framework="torch", **settings)).history[0]
+    assert torch_record["train_loss"] == pytest.approx(flax_record["train_loss"], rel=1e-4)
+    assert np.isfinite(torch_record["test_loss"]) and np.isfinite(flax_record["test_loss"])
+    recorded = json.loads((tmp_path / "flax" / "config.json").read_text())
+    assert recorded["data"]["transforms"]["eval"] == "Resize(32) + CenterCrop(28)"
+    assert recorded["data"]["image_shape"] == [24, 24, 3]

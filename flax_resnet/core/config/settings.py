@@ -75,6 +75,12 @@ class TrainConfig:
     image_size: int | None = setting(None, "images are SIZE x SIZE: resized on the device for in-memory data "
                                            "(none: kept), cropped on the host for streamed data (none: 224)",
                                      DATA, type=int, metavar="SIZE")
+    train_crop_size: int | None = setting(None, "streamed data: RandomResizedCrop's size when training at "
+                                                "another size than evaluating (FixRes; none: image_size)", DATA,
+                                          type=int, metavar="SIZE")
+    val_resize_size: int | None = setting(None, "streamed data: evaluation resizes the shorter side to SIZE, then "
+                                                "centre-crops image_size (none: image_size / eval_crop_fraction)",
+                                          DATA, type=int, metavar="SIZE")
     crop_scale: tuple[float, float] = setting((0.08, 1.0), "streamed data: RandomResizedCrop's area range", DATA,
                                               type=float, nargs=2, metavar=("MIN", "MAX"))
     interpolation: str = setting("bilinear", "the filter of every resize (PIL's on the host, antialiased; "

@@ -110,6 +110,13 @@ def validate(config: TrainConfig) -> None:
              f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     _require(config.image_size is None or (_is_int(config.image_size) and config.image_size >= 8),
              f"image_size must be an integer >= 8, got {config.image_size!r}")
+    for name in ("train_crop_size", "val_resize_size"):
+        value = getattr(config, name)
+        _require(value is None or (_is_int(value) and value >= 8), f"{name} must be an integer >= 8, got {value!r}")
+    if config.val_resize_size is not None:
+        crop = config.image_size or 224
+        _require(config.val_resize_size >= crop,
+                 f"val_resize_size {config.val_resize_size} is smaller than the {crop}-pixel crop (image_size)")
     _require(config.dataset != IMAGEFOLDER or config.data_dir is not None,
              "--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<image>, DIR/val/<class>/<image>)")
     low_high = tuple(config.crop_scale) if isinstance(config.crop_scale, (tuple, list)) else ()

@@ -129,6 +129,11 @@ class TrainingData(abc.ABC):
     def image_shape(self) -> tuple[int, int, int]: ...
 
     @property
+    def eval_image_shape(self) -> tuple[int, int, int]:
+        """H, W, C of the evaluation batches: the training ones' unless they are cropped apart (FixRes)."""
+        return self.image_shape
+
+    @property
     @abc.abstractmethod
     def train_count(self) -> int: ...
 

@@ -85,6 +85,10 @@ class StreamedDataset(TrainingData):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        return (self.transforms.train_crop, self.transforms.train_crop, self.transforms.channels)
+
+    @property
+    def eval_image_shape(self) -> tuple[int, int, int]:
         return (self.transforms.size, self.transforms.size, self.transforms.channels)
 
     @property
@@ -183,8 +187,8 @@ class ExampleReader:
         return self.transforms.eval(decoded[0]), decoded[1], True
 
 
-def _empty_batch(count: int, transforms: HostTransforms) -> np.ndarray:
-    return np.empty((count, transforms.size, transforms.size, transforms.channels), np.uint8)
+def _empty_batch(count: int, transforms: HostTransforms, size: int) -> np.ndarray:
+    return np.empty((count, size, size, transforms.channels), np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +218,7 @@ class TrainBatchSource:
     def __getitem__(self, g: int) -> dict[str, np.ndarray]:
         epoch, step = divmod(self.first + g, self.steps)
         indices = self._order(epoch)[step, self.part]
-        images = _empty_batch(len(indices), self.reader.transforms)
+        images = _empty_batch(len(indices), self.reader.transforms, self.reader.transforms.train_crop)
         labels, skipped = np.empty(len(indices), np.int32), np.empty(len(indices), np.int32)
         for j, index in enumerate(indices):
             rng = np.random.default_rng([self.seed, HOST_AUGMENT_STREAM, epoch, int(index)])
@@ -236,7 +240,7 @@ class EvalBatchSource:
     def __getitem__(self, g: int) -> dict[str, np.ndarray]:
         b = g % self.passes
         positions = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.part]
-        images = _empty_batch(len(positions), self.reader.transforms)
+        images = _empty_batch(len(positions), self.reader.transforms, self.reader.transforms.size)
         labels, mask = np.zeros(len(positions), np.int32), np.zeros(len(positions), np.float32)
         skipped = np.zeros(len(positions), np.int32)
         for j, index in enumerate(positions):

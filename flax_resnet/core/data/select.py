@@ -23,7 +23,8 @@ def host_transforms(config, channels: int) -> HostTransforms:
     flip = config.flip if config.flip is not None else channels == 3
     return HostTransforms(size=config.image_size or DEFAULT_STREAMED_SIZE, channels=channels,
                           crop_scale=tuple(config.crop_scale), crop_fraction=config.eval_crop_fraction, flip=flip,
-                          interpolation=config.interpolation)
+                          interpolation=config.interpolation, train_size=config.train_crop_size,
+                          eval_resize=config.val_resize_size)
 
 
 def load_data(config, *, shard: ProcessShard = ProcessShard()) -> TrainingData:

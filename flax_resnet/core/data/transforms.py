@@ -91,12 +91,18 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int]:
 class HostTransforms:
     """The train and eval transforms of one run (picklable, for loader workers)."""
 
-    size: int  # output height and width
+    size: int  # output height and width (of evaluation; of training too unless train_size says otherwise)
     channels: int  # 3 (RGB) or 1 (L)
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_fraction: float = 0.875  # eval: resize the shorter side to round(size / crop_fraction)
     flip: bool = True
     interpolation: str = "bilinear"  # or 'bicubic': PIL's filters, as torchvision's PIL path uses them
+    train_size: int | None = None  # RandomResizedCrop's size, when it differs from evaluation's (FixRes)
+    eval_resize: int | None = None  # eval: the shorter side's size before the crop (None: from crop_fraction)
+
+    @property
+    def train_crop(self) -> int:
+        return self.train_size or self.size
 
     @property
     def _filter(self):
@@ -104,15 +110,15 @@ class HostTransforms:
 
     @property
     def resize_size(self) -> int:
-        return int(round(self.size / self.crop_fraction))
+        return self.eval_resize or int(round(self.size / self.crop_fraction))
 
     def train(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
         """RandomResizedCrop(size, crop_scale, 3/4..4/3) and, if `flip`, a horizontal flip with p=1/2."""
         image = to_mode(image, self.channels)
         top, left, h, w = random_resized_crop_box(rng, image.width, image.height, self.crop_scale)
         image = image.crop((left, top, left + w, top + h))
-        if (w, h) != (self.size, self.size):
-            image = image.resize((self.size, self.size), self._filter)
+        if (w, h) != (self.train_crop, self.train_crop):
+            image = image.resize((self.train_crop, self.train_crop), self._filter)
         if self.flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return _hwc(image)
@@ -131,7 +137,7 @@ class HostTransforms:
         low, high = self.crop_scale
         flip = " + RandomHorizontalFlip()" if self.flip else ""
         mode = "RGB" if self.channels == 3 else "L"
-        return {"train": f"RandomResizedCrop({self.size}, scale=({low}, {high}), ratio=(3/4, 4/3)){flip}",
+        return {"train": f"RandomResizedCrop({self.train_crop}, scale=({low}, {high}), ratio=(3/4, 4/3)){flip}",
                 "eval": f"Resize({self.resize_size}) + CenterCrop({self.size})",
                 "mode": mode, "interpolation": f"{self.interpolation}, antialiased (PIL)"}
 
