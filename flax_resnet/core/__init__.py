@@ -1,0 +1,1 @@
+"""The framework-neutral core: plain Python, numpy and PIL, importing neither JAX nor torch."""

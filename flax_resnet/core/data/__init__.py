@@ -1,0 +1,1 @@
+"""Host-side data code: image augmentation policies in PIL and numpy."""
