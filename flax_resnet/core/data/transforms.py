@@ -1,6 +1,7 @@
 """Host-side image transforms with torchvision's semantics, in PIL and numpy (no torch).
 
-    train: RandomResizedCrop(size, scale, ratio=(3/4, 4/3)), then RandomHorizontalFlip
+    train: RandomResizedCrop(size, scale, ratio=(3/4, 4/3)), then RandomHorizontalFlip, then an
+           optional auto-augment policy (flax_resnet.core.data.policies)
     eval:  Resize(round(size / crop_fraction)) of the shorter side, then CenterCrop(size)
 
 Both resize with PIL's bilinear filter, which always antialiases: torchvision's PIL path calls the
@@ -21,6 +22,8 @@ import math
 
 import numpy as np
 from PIL import Image
+
+from flax_resnet.core.data.policies import AugmentPolicy
 
 __all__ = ["HostTransforms", "center_crop_box", "decode_image", "random_resized_crop_box", "to_mode"]
 
@@ -99,6 +102,7 @@ class HostTransforms:
     interpolation: str = "bilinear"  # or 'bicubic': PIL's filters, as torchvision's PIL path uses them
     train_size: int | None = None  # RandomResizedCrop's size, when it differs from evaluation's (FixRes)
     eval_resize: int | None = None  # eval: the shorter side's size before the crop (None: from crop_fraction)
+    policy: AugmentPolicy | None = None  # train: an auto-augment policy after the crop and flip
 
     @property
     def train_crop(self) -> int:
@@ -113,7 +117,8 @@ class HostTransforms:
         return self.eval_resize or int(round(self.size / self.crop_fraction))
 
     def train(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        """RandomResizedCrop(size, crop_scale, 3/4..4/3) and, if `flip`, a horizontal flip with p=1/2."""
+        """RandomResizedCrop(size, crop_scale, 3/4..4/3), if `flip` a horizontal flip with p=1/2, then
+        the `policy` if any (torchvision's and timm's order)."""
         image = to_mode(image, self.channels)
         top, left, h, w = random_resized_crop_box(rng, image.width, image.height, self.crop_scale)
         image = image.crop((left, top, left + w, top + h))
@@ -121,6 +126,10 @@ class HostTransforms:
             image = image.resize((self.train_crop, self.train_crop), self._filter)
         if self.flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.policy is not None:
+            # A stream of its own, spawned from the example's: the crop and flip stay those of a run
+            # without the policy.
+            image = self.policy(image, rng.spawn(1)[0])
         return _hwc(image)
 
     def eval(self, image: Image.Image) -> np.ndarray:
@@ -137,7 +146,8 @@ class HostTransforms:
         low, high = self.crop_scale
         flip = " + RandomHorizontalFlip()" if self.flip else ""
         mode = "RGB" if self.channels == 3 else "L"
-        return {"train": f"RandomResizedCrop({self.train_crop}, scale=({low}, {high}), ratio=(3/4, 4/3)){flip}",
+        policy = f" + {self.policy.describe()}" if self.policy is not None else ""
+        return {"train": f"RandomResizedCrop({self.train_crop}, scale=({low}, {high}), ratio=(3/4, 4/3)){flip}{policy}",
                 "eval": f"Resize({self.resize_size}) + CenterCrop({self.size})",
                 "mode": mode, "interpolation": f"{self.interpolation}, antialiased (PIL)"}
 
