@@ -1,4 +1,3 @@
-<<<<<<< HEAD
 """The framework-neutral core both frameworks stand on: plain Python, numpy and PIL.
 
 Importing any module here imports neither JAX nor torch (`parity_tests/tooling/test_layout.py`).
@@ -16,6 +15,3 @@ Importing any module here imports neither JAX nor torch (`parity_tests/tooling/t
     evaluation.py       evaluating weights on a dataset, in either framework or both
     timing.py           the benchmark's neutral half
 """
-=======
-"""The framework-neutral core: plain Python, numpy and PIL, importing neither JAX nor torch."""
->>>>>>> augment
