@@ -89,6 +89,9 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
                           f"of {data.name}")
     if config.batch_size % num_devices:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the {num_devices} devices")
+    if not data.streamed and (config.auto_augment or config.rand_augment):
+        raise ConfigError("auto_augment and rand_augment run on the host's decoded images of streamed data "
+                          f"(ImageFolder trees, tfds sets of varying size); {data.name} is held in memory")
     if not data.streamed and (config.train_crop_size or config.val_resize_size):
         raise ConfigError("train_crop_size and val_resize_size size the host's crops of streamed data (ImageFolder "
                           f"trees, tfds sets of varying size); {data.name} is held in memory: use image_size")

@@ -81,3 +81,20 @@ def test_training_and_evaluation_crops_of_their_own_size(digits, tmp_path):
     recorded = json.loads((tmp_path / "flax" / "config.json").read_text())
     assert recorded["data"]["transforms"]["eval"] == "Resize(32) + CenterCrop(28)"
     assert recorded["data"]["image_shape"] == [24, 24, 3]
+
+
+def test_an_auto_augment_policy_reaches_both_trainers(digits, tmp_path):
+    """--auto-augment ta_wide: the loader workers apply TrivialAugmentWide after the crop and flip;
+    both frameworks train on those pixels, and they differ from the plain run's."""
+    from flax_resnet.core.data import DataError
+
+    settings = dict(epochs=1, batch_size=256, auto_augment="ta_wide")
+    flax_record = train(digits_config(digits, tmp_path / "flax", **settings)).history[0]
+    torch_record = train(digits_config(digits, tmp_path / "torch", framework="torch", **settings)).history[0]
+    plain = train(digits_config(digits, tmp_path / "plain", epochs=1, batch_size=256)).history[0]
+    assert torch_record["train_loss"] == pytest.approx(flax_record["train_loss"], rel=1e-4)
+    assert abs(flax_record["train_loss"] - plain["train_loss"]) > 1e-4 * plain["train_loss"]
+    recorded = json.loads((tmp_path / "flax" / "config.json").read_text())
+    assert recorded["auto_augment"] == "ta_wide" and "TrivialAugmentWide" in recorded["data"]["transforms"]["train"]
+    with pytest.raises(DataError, match="ta_wid"):
+        train(digits_config(digits, tmp_path / "bad", auto_augment="ta_wid"))

@@ -96,6 +96,11 @@ class TrainConfig:
                                             type=float, nargs="+")
     crop_padding: int | None = setting(None, "pad-and-random-crop pixels, 0 for none (none: size // 8 for colour "
                                              "images, size // 14 for grayscale)", DATA, type=int, metavar="PIXELS")
+    auto_augment: str | None = setting(None, "streamed data: torchvision's policy after the crop and flip: ta_wide "
+                                             "(TrivialAugmentWide), ra (RandAugment), imagenet, cifar10 or svhn "
+                                             "(AutoAugment)", DATA, metavar="NAME")
+    rand_augment: str | None = setting(None, "streamed data: timm's RandAugment string, e.g. rand-m7-mstd0.5-inc1",
+                                       DATA, metavar="CONFIG")
     flip: bool | None = setting(None, "random horizontal flips (none: for colour images, not for digits and "
                                       "clothing)", DATA, kind=BOOLEAN)
 

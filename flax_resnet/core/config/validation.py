@@ -110,6 +110,8 @@ def validate(config: TrainConfig) -> None:
              f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     _require(config.image_size is None or (_is_int(config.image_size) and config.image_size >= 8),
              f"image_size must be an integer >= 8, got {config.image_size!r}")
+    _require(not (config.auto_augment and config.rand_augment),
+             "give auto_augment or rand_augment, not both: each is a whole policy")
     for name in ("train_crop_size", "val_resize_size"):
         value = getattr(config, name)
         _require(value is None or (_is_int(value) and value >= 8), f"{name} must be an integer >= 8, got {value!r}")

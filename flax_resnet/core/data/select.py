@@ -10,6 +10,7 @@ from flax_resnet.core.data.imagefolder import scan_image_folder
 from flax_resnet.core.data.loader import StreamedDataset, default_workers
 from flax_resnet.core.data.memory import find_torchvision_folder, load_dataset, load_tfds_arrays
 from flax_resnet.core.data.tfds_source import TfdsSource, held_out_split, open_builder, open_split, quiet_absl
+from flax_resnet.core.data.policies import make_policy
 from flax_resnet.core.data.transforms import HostTransforms
 from flax_resnet.core.registry import resolve
 
@@ -21,7 +22,13 @@ DEFAULT_STREAMED_SIZE = 224
 def host_transforms(config, channels: int) -> HostTransforms:
     """The streamed data's crop size, scale, eval crop and flip from a TrainConfig."""
     flip = config.flip if config.flip is not None else channels == 3
-    return HostTransforms(size=config.image_size or DEFAULT_STREAMED_SIZE, channels=channels,
+    size = config.image_size or DEFAULT_STREAMED_SIZE
+    try:
+        policy = make_policy(config.auto_augment, config.rand_augment, image_size=config.train_crop_size or size,
+                             mean=config.mean if config.mean is not None and len(config.mean) == 3 else None)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    return HostTransforms(size=size, channels=channels, policy=policy,
                           crop_scale=tuple(config.crop_scale), crop_fraction=config.eval_crop_fraction, flip=flip,
                           interpolation=config.interpolation, train_size=config.train_crop_size,
                           eval_resize=config.val_resize_size)
