@@ -4,7 +4,7 @@
     flax_resnet.list_models()                          every variant name
     flax_resnet.save(model, path) / load(path)         Flax checkpoints that know their variant
 
-The package's plain-Python parts (`registry`, `training.config`, ...) import without JAX; the
+The framework-neutral core (`flax_resnet.core`: registry, config, data, the run) imports without JAX; the
 names above load Flax on first use.
 """
 

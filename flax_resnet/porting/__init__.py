@@ -9,7 +9,7 @@
     inference.py    which variant a state_dict is, from its key names and shapes
     verify.py       both frameworks run on one batch, compared stage by stage
     port.py         the whole sequence `scripts/port_weights.py` runs
-    init_from.py    the weights a fine-tuning run starts from
+    fine_tune.py    the weights a fine-tuning run starts from
 
 Only `state_dict` is imported here; the others (torch among their imports) load when named.
 """

@@ -30,7 +30,7 @@ TORCH_ROOTS = ("torch", "torchvision", "torch_ref")
 # trainers compute, so both frameworks train on the very same batches.
 SHARED_PIXELS = ("flax_resnet.training.device_transforms", "flax_resnet.training.mixing")
 # The Flax packages that may use torch: they read torch's files and compare with the twin.
-TORCH_READERS = ("flax_resnet.porting", "flax_resnet.evaluation", "flax_resnet.pretrained")
+TORCH_READERS = ("flax_resnet.porting", "flax_resnet.evaluation")
 
 
 def imported_modules(path: Path) -> set[str]:

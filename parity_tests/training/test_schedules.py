@@ -1,6 +1,6 @@
 """The learning-rate and momentum schedules against torch's own schedulers, update by update.
 
-`training.schedule` is one function of the optimizer-update count; the Flax step evaluates it in
+`core.schedule` is one function of the optimizer-update count; the Flax step evaluates it in
 float32 inside jit (jax.numpy), the torch trainer on the host (numpy). Both are compared with
 torch.optim.lr_scheduler driving a real torch optimizer: float64 exactly, float32 to its rounding.
 """
