@@ -9,7 +9,8 @@ Examples:
 
 SIGTERM or Ctrl-C (SIGINT) stops after the current step with a checkpoint and exits with status 143
 or 130; running the same command with the same --workdir resumes where it stopped. Exit status 1:
-the loss diverged, or no checkpoint in --workdir can be read; 2: bad settings or data.
+the loss diverged, or no checkpoint in --workdir can be read; 2: bad settings or data; 75: another
+process of a multi-process run was lost (the same command resumes from the last checkpoint).
 """
 
 from __future__ import annotations

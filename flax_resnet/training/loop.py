@@ -7,8 +7,9 @@ the evaluation, and saves and exports the state; `train(config)` runs a TrainCon
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from flax_resnet.models import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
 from flax_resnet.training import processes
 from flax_resnet.training.optim import make_optimizer
+from flax_resnet.training.peers import watch_peers
 from flax_resnet.training.run_checkpoints import RunCheckpoints
 from flax_resnet.training.step import (
     batch_sharded,
@@ -115,8 +117,11 @@ class Backend:
                            out_shardings=replicated(self.mesh))()  # made on every device, as every process can
         return schedule
 
-    def checkpoints(self, workdir, keep: int, *, steps_per_epoch: int, warn) -> RunCheckpoints:
-        return RunCheckpoints(workdir, keep, steps_per_epoch=steps_per_epoch, warn=warn)
+    @contextlib.contextmanager
+    def checkpoints(self, workdir, keep: int, *, steps_per_epoch: int, warn) -> Iterator[RunCheckpoints]:
+        with (watch_peers(workdir),  # a lost process ends the others at once, saying how to resume
+              RunCheckpoints(workdir, keep, steps_per_epoch=steps_per_epoch, warn=warn) as checkpoints):
+            yield checkpoints
 
     def stop_requests(self) -> StopRequests:
         return StopRequests(agree=processes.agree_on_signal if jax.process_count() > 1 else None,

@@ -4,7 +4,9 @@ A preemptible machine gets SIGTERM and some seconds of grace; Ctrl-C sends SIGIN
 raises a flag. The loop looks at it after every step: it finishes the step, writes a checkpoint and
 raises `TrainingInterrupted`, which `scripts/train.py` turns into a message saying how to resume
 and the exit status of `EXIT_STATUS` (128 + the signal's number, as a shell reports a process the
-signal killed). A second Ctrl-C stops at once, as Ctrl-C usually does.
+signal killed). A second Ctrl-C stops at once, as Ctrl-C usually does. (Exit status 75,
+`flax_resnet.training.peers.PEER_LOST_STATUS`: another process of a multi-process run was lost;
+the same command resumes from the last checkpoint.)
 
 With several processes every one must stop after the same step, or the collectives of the next
 one would wait forever: `StopRequests(agree=...)` takes a function that turns this process's
