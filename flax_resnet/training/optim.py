@@ -18,6 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from flax_resnet.core.config import TrainConfig
 from flax_resnet.core.plan import StepPlan
@@ -27,21 +28,40 @@ from flax_resnet.core.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_sched
 __all__ = ["make_optimizer", "make_schedule"]
 
 
-def torch_sgd(learning_rate, momentum, weight_decay: float, nesterov: bool) -> optax.GradientTransformation:
+# weight_decay below: one number, or a tree of numbers shaped like the parameters (`decay_groups`).
+def torch_sgd(learning_rate, momentum, weight_decay, nesterov: bool) -> optax.GradientTransformation:
     """torch.optim.SGD (dampening 0): momentum buffer of (grad + weight_decay * param)."""
-    return optax.chain(optax.add_decayed_weights(weight_decay),
+    return optax.chain(add_decayed_weights(weight_decay),
                        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 
-def torch_adam(learning_rate, b1, weight_decay: float) -> optax.GradientTransformation:
+def torch_adam(learning_rate, b1, weight_decay) -> optax.GradientTransformation:
     """torch.optim.Adam: weight_decay * param added to the gradient."""
-    return optax.chain(optax.add_decayed_weights(weight_decay),
+    return optax.chain(add_decayed_weights(weight_decay),
                        optax.adam(learning_rate, b1=b1, b2=ADAM_BETAS[1], eps=ADAM_EPS))
 
 
-def torch_adamw(learning_rate, b1, weight_decay: float) -> optax.GradientTransformation:
-    """torch.optim.AdamW: param *= 1 - lr * weight_decay, then the Adam step."""
-    return optax.adamw(learning_rate, b1=b1, b2=ADAM_BETAS[1], eps=ADAM_EPS, weight_decay=weight_decay)
+def torch_adamw(learning_rate, b1, weight_decay) -> optax.GradientTransformation:
+    """torch.optim.AdamW: param *= 1 - lr * weight_decay, then the Adam step (optax.adamw's chain)."""
+    return optax.chain(optax.scale_by_adam(b1=b1, b2=ADAM_BETAS[1], eps=ADAM_EPS),
+                       add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate))
+
+
+def add_decayed_weights(weight_decay) -> optax.GradientTransformation:
+    """optax.add_decayed_weights for one decay or a tree of Python numbers, one per parameter
+    (torch's param groups); a parameter with decay 0 is left as it is, as torch skips it."""
+    if isinstance(weight_decay, (int, float)):
+        return optax.add_decayed_weights(weight_decay)
+
+    def decayed(g, p, decay):
+        # Under optax.multi_transform (freeze_backbone) the other transformation's leaves are MaskedNodes.
+        return g if isinstance(g, optax.MaskedNode) or decay == 0 else g + decay * p
+
+    def update(updates, state, params):
+        return jax.tree.map(decayed, updates, params, weight_decay,
+                            is_leaf=lambda x: isinstance(x, optax.MaskedNode)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
@@ -91,6 +111,31 @@ def classifier_labels(params, *, prefix: str):
         return "train" if torch_key(keys).startswith(prefix) else "frozen"
 
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def decay_groups(model, weight_decay: float, norm_weight_decay: float | None = None,
+                 custom_keys_weight_decay=None):
+    """Each parameter's weight decay by torchvision's `set_weight_decay` rule
+    (`flax_resnet.core.weight_decay`), as a tree shaped like the model's nnx.Param state: the
+    `weight_decay` the transformations here and `lamb.lamb` take in place of torch's param groups.
+    Norm layers are the model's BatchNorm, LayerNorm, GroupNorm and InstanceNorm modules, as
+    torchvision's default norm classes."""
+    # Imported here, as in classifier_labels.
+    from flax_resnet.core.weight_decay import weight_decays
+    from flax_resnet.models.layers import BatchNorm
+    from flax_resnet.porting.state_dict import torch_key
+
+    norm_layers = (BatchNorm, nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.InstanceNorm)
+    nodes = dict(nnx.iter_graph(model))
+    params = {path: node for path, node in nodes.items() if isinstance(node, nnx.Param)}
+    norm_names = {torch_key(path) for path in params if isinstance(nodes.get(path[:-1]), norm_layers)}
+    decays = weight_decays([torch_key(path) for path in params], norm_names, weight_decay, norm_weight_decay,
+                           custom_keys_weight_decay)
+
+    def decay(path, _):
+        return decays[torch_key(tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey)))]
+
+    return jax.tree_util.tree_map_with_path(decay, nnx.state(model, nnx.Param))
 
 
 def _traced(function, count):

@@ -11,8 +11,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import AutoAugmentPolicy, InterpolationMode
 
 from flax_resnet.core.data import auto_augment
-from flax_resnet.core.data.auto_augment import (AutoAugment, RandAugment, TrivialAugmentWide, apply_op,
-                                                magnitude_bins, sub_policies)
+from flax_resnet.core.data.auto_augment import (
+    AutoAugment,
+    RandAugment,
+    TrivialAugmentWide,
+    apply_op,
+    magnitude_bins,
+    sub_policies,
+)
 from parity_tests.recipes.augment_images import FILLS, max_diff, random_images
 
 INTERPOLATIONS = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR}

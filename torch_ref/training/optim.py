@@ -13,6 +13,7 @@ from flax_resnet.core.config import TrainConfig
 from flax_resnet.core.plan import StepPlan
 from flax_resnet.core.registry import classifier_prefix
 from flax_resnet.core.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
+from flax_resnet.core.weight_decay import decay_groups as groups_by_name
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan) -> tuple[torch.optim.Optimizer,
@@ -37,6 +38,24 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan) 
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     return optimizer, schedule
+
+
+# torchvision's default norm_classes in set_weight_decay.
+NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm,
+               torch.nn.modules.instancenorm._InstanceNorm, torch.nn.LocalResponseNorm)
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float, norm_weight_decay: float | None = None,
+                 custom_keys_weight_decay=None) -> list[dict]:
+    """torchvision's `set_weight_decay`: param groups {'params', 'weight_decay'} of the trainable
+    parameters, by the rule of `flax_resnet.core.weight_decay` (norm layers by module type)."""
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    norm_names = {f"{module_name}.{name}" if module_name else name
+                  for module_name, module in model.named_modules() if isinstance(module, NORM_LAYERS)
+                  for name, p in module.named_parameters(recurse=False) if p.requires_grad}
+    groups = groups_by_name(parameters, norm_names, weight_decay, norm_weight_decay, custom_keys_weight_decay)
+    return [{"params": [parameters[name] for name in group.names], "weight_decay": group.weight_decay}
+            for group in groups]
 
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
