@@ -35,6 +35,13 @@ def adjusted_decay(decay: float, *, batch_size: int, every: int, epochs: int) ->
     return 1.0 - alpha
 
 
+def run_decay(config) -> float:
+    """The decay a TrainConfig's --model-ema uses: `adjusted_decay` of --model-ema-decay for its
+    global batch, --model-ema-steps and epochs."""
+    return adjusted_decay(config.model_ema_decay, batch_size=config.batch_size, every=config.model_ema_steps,
+                          epochs=config.epochs)
+
+
 def update_due(step, steps_per_epoch: int, every: int):
     """Whether the EMA is updated after train step `step` (0-based over the run): torchvision
     updates when the step's index in its epoch is a multiple of `every`, the epoch's first included."""

@@ -64,7 +64,8 @@ class TrainerBackend(Protocol):
     """A framework's half of a training run. `core.run.skeleton.run` calls these in this order:
 
     start -> state_shapes -> build_model -> build_optimizer -> checkpoints / stop_requests ->
-    restore -> compile -> (train_epoch -> evaluate -> save) per epoch -> finish.
+    restore -> compile -> (train_epoch -> evaluate [-> evaluate_ema] -> save) per epoch -> finish
+    [-> ema_state_dict]. The bracketed calls come only with config.model_ema.
     """
 
     framework: str
@@ -107,6 +108,9 @@ class TrainerBackend(Protocol):
     def evaluate(self, data) -> dict[str, float]:
         """Loss and accuracy sums over the held-out set."""
 
+    def evaluate_ema(self, data) -> dict[str, float]:
+        """`evaluate` for the moving average of the weights (config.model_ema)."""
+
     @property
     def step(self) -> int:
         """Train steps done."""
@@ -116,3 +120,6 @@ class TrainerBackend(Protocol):
 
     def finish(self) -> tuple[Any, dict[str, Any]]:
         """(the trained model in eval mode, its torch-layout state_dict to export)."""
+
+    def ema_state_dict(self) -> dict[str, Any]:
+        """The moving average's torch-layout state_dict to export (config.model_ema)."""

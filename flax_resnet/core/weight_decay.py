@@ -83,3 +83,16 @@ def _label(name: str, norm_names: Collection[str], norm_group: bool, keys: list[
     if norm_group and name in norm_names:
         return NORM
     return OTHER
+
+
+def uses_groups(config) -> bool:
+    """Whether a TrainConfig's weight decay differs between parameters (torch's param groups)."""
+    return config.norm_weight_decay is not None or config.bias_weight_decay is not None
+
+
+def config_decay_settings(config) -> tuple[float, float | None, list[tuple[str, float]] | None]:
+    """(weight_decay, norm_weight_decay, custom_keys_weight_decay) of a TrainConfig, as torchvision's
+    train.py turns --weight-decay, --norm-weight-decay and --bias-weight-decay into them."""
+    custom = None if config.bias_weight_decay is None else [("bias", config.bias_weight_decay)]
+    return config.weight_decay, config.norm_weight_decay, custom
+

@@ -81,7 +81,12 @@ def lamb(learning_rate: optax.ScalarOrSchedule, b1: float = LAMB_BETAS[0], b2: f
                 direction = direction * _trust_ratio(jnp.linalg.norm(p), jnp.linalg.norm(direction), trust_clip)
             return -jnp.asarray(lr, m.dtype) * direction
 
-        decays = weight_decay if _is_tree(weight_decay) else jax.tree.map(lambda _: weight_decay, params)
+        if callable(weight_decay):  # optim.ParameterDecays
+            decays = weight_decay(params)
+        elif _is_tree(weight_decay):
+            decays = weight_decay
+        else:
+            decays = jax.tree.map(lambda _: weight_decay, params)
         updates = jax.tree.map(step, mu, nu, params, decays, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
         return updates, LambState(count, mu, nu)
 

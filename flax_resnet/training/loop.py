@@ -8,6 +8,7 @@ the evaluation, and saves and exports the state; `train(config)` runs a TrainCon
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,6 +19,7 @@ from flax import nnx
 
 from flax_resnet.core.config import ConfigError, TrainConfig
 from flax_resnet.core.data import ProcessShard, TrainingData
+from flax_resnet.core.ema import run_decay
 from flax_resnet.core.initial_weights import initial_state_dict
 from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, resolve_precision
 from flax_resnet.core.run.interrupts import StopRequests, TrainingInterrupted
@@ -27,10 +29,12 @@ from flax_resnet.core.run.workdir import TrainingDiverged, check_finite, live_me
 from flax_resnet.models import model_skeleton
 from flax_resnet.porting.state_dict import load_torch_state_dict, to_torch_state_dict, torch_shapes
 from flax_resnet.training import processes
+from flax_resnet.training.ema import init_ema, update_after_step
 from flax_resnet.training.optim import make_optimizer
 from flax_resnet.training.peers import watch_peers
 from flax_resnet.training.run_checkpoints import RunCheckpoints
 from flax_resnet.training.step import (
+    TrainState,
     batch_sharded,
     data_mesh,
     jit_eval_step,
@@ -102,7 +106,7 @@ class Backend:
 
     def build_optimizer(self, config: TrainConfig, setup: RunSetup):
         self.config, self.setup = config, setup
-        tx, schedule = make_optimizer(config, setup.plan)
+        tx, schedule = make_optimizer(config, setup.plan, self.model)
         graphdef, self.eval_graphdef, state = split_model(self.model, tx)
         # Frozen BatchNorm: the train step runs the eval-mode graph (running statistics, no updates).
         frozen_bn = config.freeze_bn or config.freeze_backbone
@@ -115,6 +119,13 @@ class Backend:
         self.state = jax.device_put(jax.device_get(state), replicated(self.mesh))  # the same on every process
         self.rng = jax.jit(lambda: jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM),
                            out_shardings=replicated(self.mesh))()  # made on every device, as every process can
+        self.ema = self.update_ema = None
+        if config.model_ema:
+            self.ema = jax.device_put(jax.device_get(init_ema(self.state.params, self.state.batch_stats)),
+                                      replicated(self.mesh))
+            self.update_ema = jax.jit(functools.partial(
+                update_after_step, decay=run_decay(config), steps_per_epoch=setup.plan.steps_per_epoch,
+                every=config.model_ema_steps, warmup_epochs=config.warmup_epochs), donate_argnums=0)
         return schedule
 
     @contextlib.contextmanager
@@ -128,7 +139,7 @@ class Backend:
                             every=STOP_CHECK_STEPS)
 
     def restore(self, checkpoints: RunCheckpoints) -> Progress:
-        self.state, progress = checkpoints.restore(self.state)
+        self.state, progress, self.ema = checkpoints.restore(self.state, self.ema)
         return progress
 
     def compile(self, data: TrainingData) -> float:
@@ -141,6 +152,8 @@ class Backend:
                     on_step) -> tuple[dict[str, float], float]:
         def after_step(state, steps_done, totals, metrics, position):
             self.state = state
+            if self.ema is not None:  # the step just done is number state.step - 1
+                self.ema = self.update_ema(self.ema, state.params, state.batch_stats, state.step - 1)
             on_step(steps_done, totals, metrics, position)
 
         self.state, totals, seconds = train_epoch(
@@ -153,17 +166,32 @@ class Backend:
     def evaluate(self, data: TrainingData) -> dict[str, float]:
         return evaluate(self.eval_step, self.state, data, self.setup.eval_batch_size, self.mesh)
 
+    def evaluate_ema(self, data: TrainingData) -> dict[str, float]:
+        return evaluate(self.eval_step, self._ema_as_state(), data, self.setup.eval_batch_size, self.mesh)
+
+    def _ema_as_state(self) -> TrainState:
+        # The train state's structure, which the compiled eval step takes, holding the average.
+        return self.state._replace(params=self.ema.params, batch_stats=self.ema.batch_stats)
+
     @property
     def step(self) -> int:
         return int(self.state.step)
 
     def save(self, checkpoints: RunCheckpoints, progress: Progress, **kwargs) -> None:
-        checkpoints.save(self.state, progress, **kwargs)
+        checkpoints.save(self.state, progress, ema=self.ema, **kwargs)
 
     def finish(self):
-        state = jax.tree.map(lambda a: jnp.asarray(a.addressable_data(0)), self.state)
-        model = merge_model(self.eval_graphdef, state)
+        model = merge_model(self.eval_graphdef, _local(self.state))
         return model, to_torch_state_dict(model)
+
+    def ema_state_dict(self) -> dict[str, np.ndarray]:
+        return to_torch_state_dict(merge_model(self.eval_graphdef, _local(self._ema_as_state())))
+
+
+def _local(tree):
+    """This process's copy of a replicated tree."""
+    return jax.tree.map(lambda a: jnp.asarray(a.addressable_data(0)), tree)
+
 
 
 def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:

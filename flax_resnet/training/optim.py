@@ -1,9 +1,11 @@
 """The optimizer of a TrainConfig as an optax transformation, with torch's semantics.
 
 sgd is torch.optim.SGD: weight decay is L2 added to the gradient before momentum; adam is
-torch.optim.Adam (L2 into the gradient as well), adamw torch.optim.AdamW (decoupled decay). The
-learning rate and the momentum (sgd) or beta1 (adam, adamw) follow `training.schedule`, the function
-of the update count that `torch_ref.training.optim` follows too.
+torch.optim.Adam (L2 into the gradient as well), adamw torch.optim.AdamW (decoupled decay), lamb
+timm's Lamb (`training.lamb`). The learning rate and the momentum (sgd) or beta1 (adam, adamw,
+lamb) follow `core.schedule`, the function of the update count that `torch_ref.training.optim`
+follows too. With --norm-weight-decay or --bias-weight-decay each parameter has its own decay
+(`ParameterDecays`), as torch's param groups give it.
 
 The optimizer state has one shape for every value of the resumable settings (lr, schedule,
 weight decay, nesterov), so a run resumes with any of them changed: the hyperparameters are
@@ -13,6 +15,7 @@ decay is always in the chain (a decay of 0 adds nothing).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -47,6 +50,13 @@ def torch_adamw(learning_rate, b1, weight_decay) -> optax.GradientTransformation
                        add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate))
 
 
+def timm_lamb(learning_rate, b1, weight_decay) -> optax.GradientTransformation:
+    """timm.optim.Lamb with its other defaults (`training.lamb`)."""
+    from flax_resnet.training.lamb import lamb
+
+    return lamb(learning_rate, b1=b1, weight_decay=weight_decay)
+
+
 def add_decayed_weights(weight_decay) -> optax.GradientTransformation:
     """optax.add_decayed_weights for one decay or a tree of Python numbers, one per parameter
     (torch's param groups); a parameter with decay 0 is left as it is, as torch skips it."""
@@ -58,7 +68,8 @@ def add_decayed_weights(weight_decay) -> optax.GradientTransformation:
         return g if isinstance(g, optax.MaskedNode) or decay == 0 else g + decay * p
 
     def update(updates, state, params):
-        return jax.tree.map(decayed, updates, params, weight_decay,
+        decays = weight_decay(params) if callable(weight_decay) else weight_decay
+        return jax.tree.map(decayed, updates, params, decays,
                             is_leaf=lambda x: isinstance(x, optax.MaskedNode)), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
@@ -68,27 +79,67 @@ OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "
                     "milestones", "gamma", "grad_accum", "epochs", "freeze_backbone", "model")
 
 
-def make_optimizer(config: TrainConfig, plan: StepPlan) -> tuple[optax.GradientTransformation, Schedule]:
+def make_optimizer(config: TrainConfig, plan: StepPlan, model: nnx.Module | None = None,
+                   ) -> tuple[optax.GradientTransformation, Schedule]:
     """(optax transformation, schedule). With grad_accum > 1 the transformation is an
-    optax.MultiSteps that applies the mean gradient every grad_accum steps."""
-    return _make_optimizer(tuple(getattr(config, name) for name in OPTIMIZER_FIELDS), plan)
+    optax.MultiSteps that applies the mean gradient every grad_accum steps. `model` is needed
+    only for --norm-weight-decay and --bias-weight-decay: which parameters are norms'."""
+    from flax_resnet.core.weight_decay import config_decay_settings, uses_groups
+
+    weight_decay = config.weight_decay
+    if uses_groups(config):
+        if model is None:
+            raise ValueError("make_optimizer needs the model for norm_weight_decay or bias_weight_decay")
+        weight_decay = ParameterDecays.of(model, *config_decay_settings(config))
+    return _make_optimizer(tuple(getattr(config, name) for name in OPTIMIZER_FIELDS), plan, weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterDecays:
+    """Each parameter's weight decay, by its torch state_dict key: torch's param groups for a tree of
+    parameters. Called on a parameter tree, it gives the tree of decays the transformations here
+    and `lamb.lamb` take. Hashable, so equal decays give the same optimizer (`_make_optimizer`)."""
+
+    by_key: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def of(cls, model: nnx.Module, weight_decay: float, norm_weight_decay: float | None = None,
+           custom_keys_weight_decay=None) -> ParameterDecays:
+        """The decays of `model`'s parameters by torchvision's `set_weight_decay` rule (see `decay_groups`)."""
+        from flax_resnet.porting.state_dict import torch_key
+
+        tree = decay_groups(model, weight_decay, norm_weight_decay, custom_keys_weight_decay)
+        return cls(tuple(sorted((torch_key(_dict_keys(path)), decay)
+                                for path, decay in jax.tree_util.tree_flatten_with_path(tree)[0])))
+
+    def __call__(self, params):
+        from flax_resnet.porting.state_dict import torch_key
+
+        decays = dict(self.by_key)
+        return jax.tree_util.tree_map_with_path(lambda path, _: decays[torch_key(_dict_keys(path))], params)
+
+
+def _dict_keys(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
 # Equal settings give the very same optimizer object: JAX then recognizes the train step of a
 # second run in the same process (a resumption, a sweep) and reuses its compiled program.
 @functools.lru_cache(maxsize=16)
-def _make_optimizer(settings: tuple, plan: StepPlan):
+def _make_optimizer(settings: tuple, plan: StepPlan, weight_decay):
     config = TrainConfig(**dict(zip(OPTIMIZER_FIELDS, settings)))
     schedule = make_schedule(config, plan)
     learning_rate = functools.partial(_traced, schedule.learning_rate)
     momentum = functools.partial(_traced, schedule.momentum_at)
     if config.optimizer == "sgd":
         tx = optax.inject_hyperparams(torch_sgd, static_args=("weight_decay", "nesterov"))(
-            learning_rate, momentum, config.weight_decay, config.nesterov)
+            learning_rate, momentum, weight_decay, config.nesterov)
     elif config.optimizer in ("adam", "adamw"):
         factory = torch_adam if config.optimizer == "adam" else torch_adamw
         tx = optax.inject_hyperparams(factory, static_args=("weight_decay",))(
-            learning_rate, momentum, config.weight_decay)
+            learning_rate, momentum, weight_decay)
+    elif config.optimizer == "lamb":
+        tx = optax.inject_hyperparams(timm_lamb, static_args=("weight_decay",))(learning_rate, momentum, weight_decay)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     if config.freeze_backbone:
@@ -133,7 +184,7 @@ def decay_groups(model, weight_decay: float, norm_weight_decay: float | None = N
                            custom_keys_weight_decay)
 
     def decay(path, _):
-        return decays[torch_key(tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey)))]
+        return decays[torch_key(_dict_keys(path))]
 
     return jax.tree_util.tree_map_with_path(decay, nnx.state(model, nnx.Param))
 

@@ -65,21 +65,22 @@ class RunCheckpoints:
     def __exit__(self, *exc) -> None:
         self.manager.close()
 
-    def restore(self, state) -> tuple[object, Progress]:
-        """(state, progress) of the newest intact checkpoint, shaped and placed like `state`;
-        (`state`, a fresh Progress) when there is none. Raises UnreadableCheckpoints if there are
-        checkpoints and none of them can be read."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = newest_intact(self.manager.all_steps(), lambda step: self._read(step, abstract),
+    def restore(self, state, ema=None) -> tuple[object, Progress, object]:
+        """(state, progress, ema) of the newest intact checkpoint, shaped and placed like `state` (and
+        `ema`, the moving average of the weights, when the run keeps one); (`state`, a fresh Progress,
+        `ema`) when there is none. Raises UnreadableCheckpoints if there are checkpoints and none of
+        them can be read."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, (state, ema))
+        restored = newest_intact(self.manager.all_steps(), lambda step: self._read(step, *abstract),
                                  where=lambda step: str(self.folder / str(step)),
                                  describe=lambda restored: restored[1].describe(self.steps_per_epoch), warn=self.warn,
                                  set_aside=self._set_aside, folder=self.folder, metrics=self.metrics)
         if restored is None:
-            return state, Progress()
+            return state, Progress(), ema
         self.latest = restored[1].describe(self.steps_per_epoch)
         return restored
 
-    def _read(self, step: int, abstract):
+    def _read(self, step: int, abstract, abstract_ema):
         step_folder = self.folder / str(step)
         try:
             problem = checksum_problem(step_folder, _read_manifest(step_folder))
@@ -88,14 +89,16 @@ class RunCheckpoints:
         if problem is not None:
             return None, problem
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+            items = {"state": ocp.args.StandardRestore(abstract), "progress": ocp.args.JsonRestore()}
+            if abstract_ema is not None:
+                items["ema"] = ocp.args.StandardRestore(abstract_ema)
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             progress = Progress.from_json(restored.progress)
             if progress.step != step or int(restored.state.step) != step:
                 return None, f"it says it is at step {progress.step}, and its state at {int(restored.state.step)}"
         except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds for bad files
             return None, f"orbax cannot read it ({str(error).strip().splitlines()[0][:200]})"
-        return (restored.state, progress), None
+        return (restored.state, progress, restored.ema if abstract_ema is not None else None), None
 
     def _set_aside(self, steps: list[int]) -> None:
         """Move damaged checkpoints out of orbax's folder (a later save may need their step numbers)."""
@@ -113,18 +116,20 @@ class RunCheckpoints:
         processes.sync("damaged checkpoints set aside")
         self.manager.reload()
 
-    def save(self, state, progress: Progress, *, test_accuracy: float | None = None) -> None:
-        """Checkpoint `state` at `progress` (an epoch end when `test_accuracy` is given). A checkpoint at
-        the same step (an epoch whose evaluation a stop interrupted) is replaced."""
+    def save(self, state, progress: Progress, *, test_accuracy: float | None = None, ema=None) -> None:
+        """Checkpoint `state` (and `ema`, the moving average of the weights, if given) at `progress`
+        (an epoch end when `test_accuracy` is given). A checkpoint at the same step (an epoch whose
+        evaluation a stop interrupted) is replaced."""
         if not _all_finite(state.params):
             raise diverged_parameters(progress.step, self.latest, self.folder)
         step = progress.step
         if step in self.manager.all_steps():
             self.manager.delete(step)
         metrics = None if test_accuracy is None else {"test_accuracy": test_accuracy}
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        progress=ocp.args.JsonSave(progress.to_json())),
-                          metrics=metrics, force=True)
+        items = {"state": ocp.args.StandardSave(state), "progress": ocp.args.JsonSave(progress.to_json())}
+        if ema is not None:
+            items["ema"] = ocp.args.StandardSave(ema)
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
         if self.writer:
             step_folder = self.folder / str(step)
             write_json(step_folder / MANIFEST, {"files": folder_checksums(step_folder, exclude=(MANIFEST,))})

@@ -22,6 +22,7 @@ import torch
 import torch_ref
 from flax_resnet.core.config import TrainConfig
 from flax_resnet.core.data import ProcessShard, TrainingData
+from flax_resnet.core.ema import run_decay
 from flax_resnet.core.initial_weights import initial_state_dict
 from flax_resnet.core.plan import AUGMENT_STREAM, REFRESH_SECONDS, RunSetup, TrainResult, resolve_precision
 from flax_resnet.core.run.interrupts import StopRequests
@@ -30,6 +31,7 @@ from flax_resnet.core.run.skeleton import run
 from flax_resnet.core.run.workdir import check_finite, live_metrics, progress_bar
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 from flax_resnet.training.mixing import mix_for_step
+from torch_ref.training.ema import ExponentialMovingAverage, update_after_step
 from torch_ref.training.optim import make_optimizer
 from torch_ref.training.run_checkpoints import RunCheckpoints
 from torch_ref.training.step import eval_step, select_device, set_tf32, train_step
@@ -69,6 +71,7 @@ class Backend:
         self.host = jax.devices("cpu")[0]
         self.rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), self.host)
         self.augment_steps, self.prepare_eval = jitted_transforms(setup.augment)
+        self.ema = ExponentialMovingAverage(self.model, run_decay(config), self.device) if config.model_ema else None
         return schedule
 
     def checkpoints(self, workdir, keep: int, *, steps_per_epoch: int, warn) -> RunCheckpoints:
@@ -78,7 +81,7 @@ class Backend:
         return StopRequests()
 
     def restore(self, checkpoints: RunCheckpoints) -> Progress:
-        progress = checkpoints.restore(self.model, self.optimizer)
+        progress = checkpoints.restore(self.model, self.optimizer, self.ema)
         self._step = progress.step
         return progress
 
@@ -87,26 +90,41 @@ class Backend:
 
     def train_epoch(self, data: TrainingData, epoch: int, resumed: Progress | None, *, last_good, run_dir,
                     on_step) -> tuple[dict[str, float], float]:
+        def after_step(steps_done, totals, metrics, position):
+            if self.ema is not None:
+                step = (epoch - 1) * self.setup.plan.steps_per_epoch + steps_done - 1  # the step just done
+                update_after_step(self.ema, self.model, step, steps_per_epoch=self.setup.plan.steps_per_epoch,
+                                  every=self.config.model_ema_steps, warmup_epochs=self.config.warmup_epochs)
+            on_step(steps_done, totals, metrics, position)
+
         self._step, totals, seconds = train_epoch(
             self.model, self.optimizer, self.schedule, self.augment_steps, self.rng, data, self.config, epoch,
             self._step, last_good=last_good, run_dir=run_dir, start=resumed.steps_done if resumed else 0,
-            totals=dict(resumed.totals) if resumed else None, on_step=on_step)
+            totals=dict(resumed.totals) if resumed else None, on_step=after_step)
         return totals, seconds
 
     def evaluate(self, data: TrainingData) -> dict[str, float]:
         with jax.default_device(self.host):
             return evaluate(self.model, self.prepare_eval, data, self.setup.eval_batch_size, self.config.precision)
 
+    def evaluate_ema(self, data: TrainingData) -> dict[str, float]:
+        with jax.default_device(self.host):
+            return evaluate(self.ema.module, self.prepare_eval, data, self.setup.eval_batch_size,
+                            self.config.precision)
+
     @property
     def step(self) -> int:
         return self._step
 
     def save(self, checkpoints: RunCheckpoints, progress: Progress, **kwargs) -> None:
-        checkpoints.save(self.model, self.optimizer, progress, **kwargs)
+        checkpoints.save(self.model, self.optimizer, progress, ema=self.ema, **kwargs)
 
     def finish(self):
         self.model.eval()
         return self.model, self.model.state_dict()
+
+    def ema_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.ema.module.state_dict()
 
 
 def train(config: TrainConfig, *, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:

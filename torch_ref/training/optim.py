@@ -1,8 +1,10 @@
 """The optimizer of a TrainConfig in torch: the twin of `flax_resnet.training.optim`.
 
-torch.optim's own SGD, Adam and AdamW. Before every optimizer update the learning rate and the
-momentum (SGD) or beta1 (Adam, AdamW) are set from `flax_resnet.core.schedule`, the very
-function of the update count the Flax trainer follows, as a torch LR scheduler's step() would.
+torch.optim's own SGD, Adam and AdamW, and timm's Lamb (`torch_ref.training.lamb`). Before every
+optimizer update the learning rate and the momentum (SGD) or beta1 (Adam, AdamW, Lamb) are set
+from `flax_resnet.core.schedule`, the very function of the update count the Flax trainer follows,
+as a torch LR scheduler's step() would. --norm-weight-decay and --bias-weight-decay make param
+groups as torchvision's set_weight_decay does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from flax_resnet.core.config import TrainConfig
 from flax_resnet.core.plan import StepPlan
 from flax_resnet.core.registry import classifier_prefix
 from flax_resnet.core.schedule import ADAM_BETAS, ADAM_EPS, Schedule, make_schedule
+from flax_resnet.core.weight_decay import config_decay_settings, uses_groups
 from flax_resnet.core.weight_decay import decay_groups as groups_by_name
+from torch_ref.training.lamb import Lamb
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan) -> tuple[torch.optim.Optimizer,
@@ -26,6 +30,8 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan) 
         for key, parameter in model.named_parameters():
             parameter.requires_grad_(key.startswith(prefix))
         params = [parameter for parameter in params if parameter.requires_grad]
+    if uses_groups(config):  # torchvision's set_weight_decay: a param group per decay
+        params = decay_groups(model, *config_decay_settings(config))
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                     nesterov=config.nesterov, weight_decay=config.weight_decay)
@@ -35,6 +41,8 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, plan: StepPlan) 
     elif config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
                                       weight_decay=config.weight_decay)
+    elif config.optimizer == "lamb":
+        optimizer = Lamb(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     return optimizer, schedule

@@ -65,10 +65,11 @@ class RunCheckpoints:
                     (path.suffix == ".pt" and path.name not in complete):
                 path.unlink()
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
-        """Load the newest intact checkpoint into `model` and `optimizer` and return its Progress
-        (a fresh one if there is none). Raises UnreadableCheckpoints if none can be read."""
-        progress = newest_intact(self.steps(), lambda step: self._read(step, model, optimizer),
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema=None) -> Progress:
+        """Load the newest intact checkpoint into `model`, `optimizer` (and `ema`, the moving average
+        of the weights, when the run keeps one) and return its Progress (a fresh one if there is
+        none). Raises UnreadableCheckpoints if none can be read."""
+        progress = newest_intact(self.steps(), lambda step: self._read(step, model, optimizer, ema),
                                  where=lambda step: str(self._paths(step)[0]),
                                  describe=lambda progress: progress.describe(self.steps_per_epoch), warn=self.warn,
                                  set_aside=self._set_aside, folder=self.folder, metrics=self.metrics)
@@ -77,7 +78,7 @@ class RunCheckpoints:
         self.latest = progress.describe(self.steps_per_epoch)
         return progress
 
-    def _read(self, step: int, model, optimizer) -> tuple[Progress | None, str | None]:
+    def _read(self, step: int, model, optimizer, ema) -> tuple[Progress | None, str | None]:
         weights, record = self._paths(step)
         try:
             saved = json.loads(record.read_text())
@@ -93,6 +94,8 @@ class RunCheckpoints:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"], strict=True)
             load_optimizer_state(optimizer, state["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(state["model_ema"], strict=True)
             parameters = dict(model.named_parameters())
             for name, parameter in parameters.items():
                 parameter.grad = state["grads"][name].clone() if name in state["grads"] else None
@@ -108,9 +111,9 @@ class RunCheckpoints:
                     os.rename(path, self.damaged_folder / path.name)
             self.warn(f"moved the damaged checkpoint {step} to {self.damaged_folder}")
 
-    def save(self, model, optimizer, progress: Progress, *, test_accuracy: float | None = None) -> None:
-        """Checkpoint the model, optimizer and accumulated gradients at `progress` (an epoch end
-        when `test_accuracy` is given), then drop the checkpoints no longer kept."""
+    def save(self, model, optimizer, progress: Progress, *, test_accuracy: float | None = None, ema=None) -> None:
+        """Checkpoint the model, optimizer, accumulated gradients (and `ema`, if given) at `progress`
+        (an epoch end when `test_accuracy` is given), then drop the checkpoints no longer kept."""
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise diverged_parameters(progress.step, self.latest, self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,10 @@ class RunCheckpoints:
         record.unlink(missing_ok=True)  # a checkpoint at the same step (an interrupted evaluation) is replaced
         grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
         buffer = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "grads": grads}, buffer)
+        saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "grads": grads}
+        if ema is not None:
+            saved["model_ema"] = ema.state_dict()  # as torchvision's checkpoint['model_ema']
+        torch.save(saved, buffer)
         with atomic_file(weights) as temporary:
             Path(temporary).write_bytes(buffer.getbuffer())
         write_json(record, {"progress": progress.to_json(), "file": file_checksum(weights),

@@ -12,7 +12,7 @@ from typing import Any
 from flax_resnet.core.files import InputError
 
 FRAMEWORKS = ("flax", "torch")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
 SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
 PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_PRECISION = "auto"  # bf16 on a GPU or TPU, fp32 on the CPU
@@ -109,12 +109,20 @@ class TrainConfig:
                           OPTIM, type=int)
     batch_size: int = setting(64, "images per step, over all devices (per micro-step with grad_accum)", OPTIM,
                               type=int)
-    optimizer: str = setting("sgd", "sgd (momentum, optional nesterov), adam or adamw", OPTIM, choices=OPTIMIZERS)
+    optimizer: str = setting("sgd", "sgd (momentum, optional nesterov), adam, adamw, or lamb (timm's Lamb: "
+                                    "global gradient clipping at norm 1, layer-wise trust ratios)", OPTIM,
+                             choices=OPTIMIZERS)
     lr: float = setting(0.05, "peak learning rate", OPTIM, type=float)
     momentum: float = setting(0.9, "sgd momentum (0 for plain sgd); ignored by adam and adamw", OPTIM, type=float)
     nesterov: bool = setting(False, "sgd with Nesterov momentum", OPTIM, kind=BOOLEAN)
     weight_decay: float = setting(5e-4, "sgd/adam: L2 added to the gradient as torch does; adamw: decoupled",
                                   OPTIM, type=float)
+    norm_weight_decay: float | None = setting(None, "weight decay of the norm layers' weights and biases (none: "
+                                                    "--weight-decay), as torchvision's --norm-weight-decay", OPTIM,
+                                              type=float, metavar="DECAY")
+    bias_weight_decay: float | None = setting(None, "weight decay of every bias, the norm layers' too (none: as "
+                                                    "the rest), as torchvision's --bias-weight-decay", OPTIM,
+                                              type=float, metavar="DECAY")
     schedule: str = setting("cosine", "constant, cosine (after warmup), multistep, or onecycle: torch's "
                                       "OneCycleLR, which cycles momentum (sgd) or beta1 (adam, adamw) between 0.95 "
                                       "and 0.85 in place of --momentum", OPTIM, choices=SCHEDULES)
@@ -137,6 +145,14 @@ class TrainConfig:
     bce_target_threshold: float | None = setting(None, "bce: targets above it become 1, the rest 0 (timm's "
                                                        "target_threshold; none: kept)", OPTIM, type=float,
                                                  metavar="T")
+    model_ema: bool = setting(False, "keep an exponential moving average of the weights and BatchNorm buffers, "
+                                     "evaluated every epoch beside the model and exported as model_ema.safetensors "
+                                     "(torchvision's --model-ema)", OPTIM, kind=BOOLEAN)
+    model_ema_steps: int = setting(32, "update the average every STEPS train steps of an epoch", OPTIM, type=int,
+                                   metavar="STEPS")
+    model_ema_decay: float = setting(0.99998, "the average's decay per image seen, adjusted as torchvision's for "
+                                              "the batch size, --model-ema-steps and the epochs", OPTIM, type=float,
+                                     metavar="DECAY")
     grad_accum: int = setting(1, "micro-steps whose mean gradient makes one optimizer update", OPTIM, type=int)
     precision: str = setting("fp32", "bf16: bfloat16 compute, parameters, optimizer state and BN statistics stay "
                                      "fp32; auto: bf16 on a GPU or TPU, fp32 on the CPU", OPTIM, choices=PRECISIONS)

@@ -10,7 +10,9 @@ from flax_resnet.core.config.settings import (
     EMBEDDED_MNIST,
     FRAMEWORKS,
     IMAGEFOLDER,
-    INTERPOLATIONS, LOSSES, MIXUP_MODES,
+    INTERPOLATIONS,
+    LOSSES,
+    MIXUP_MODES,
     OPTIMIZERS,
     PRECISIONS,
     RESUMABLE_CHANGES,
@@ -92,6 +94,15 @@ def validate(config: TrainConfig) -> None:
              "nesterov needs momentum > 0")
     _require(_is_number(config.weight_decay) and config.weight_decay >= 0,
              f"weight_decay must be >= 0, got {config.weight_decay!r}")
+    for name in ("norm_weight_decay", "bias_weight_decay"):
+        value = getattr(config, name)
+        _require(value is None or (_is_number(value) and value >= 0), f"{name} must be >= 0, got {value!r}")
+    if config.model_ema:
+        _require(_is_int(config.model_ema_steps) and config.model_ema_steps >= 1,
+                 f"model_ema_steps must be a positive integer, got {config.model_ema_steps!r}")
+        _require(_is_number(config.model_ema_decay) and 0 <= config.model_ema_decay <= 1,
+                 f"model_ema_decay must be in [0, 1], got {config.model_ema_decay!r}")
+        _require(config.grad_accum == 1, "model_ema averages after train steps; it takes no grad_accum")
     _require(_is_number(config.warmup_epochs) and 0 <= config.warmup_epochs < config.epochs,
              f"warmup_epochs must be in [0, epochs={config.epochs}), got {config.warmup_epochs!r}")
     if config.milestones is not None:

@@ -116,10 +116,11 @@ def run(config: TrainConfig, backend: frameworks.TrainerBackend, *,
                                                               run_dir=workdir.path, on_step=on_step)
             train_seconds += resumed.train_seconds if resumed else 0.0
             test_totals = backend.evaluate(data)
+            ema_totals = backend.evaluate_ema(data) if config.model_ema else None
             step = backend.step
             lr = learning_rate_at_step(schedule, step - 1, config.grad_accum)
             record = epoch_record(epoch, step, train_totals, test_totals, lr, train_seconds,
-                                  time.perf_counter() - start)
+                                  time.perf_counter() - start, ema_test=ema_totals)
             history.append(record)
 
             # --- log and checkpoint
@@ -136,6 +137,8 @@ def run(config: TrainConfig, backend: frameworks.TrainerBackend, *,
     data.close()  # stops a streamed dataset's loader workers
     model, state_dict = backend.finish()
     workdir.export_weights(state_dict)
+    if config.model_ema:
+        workdir.export_weights(backend.ema_state_dict(), workdir.ema_weights_path)
     if history:
         best = max(history, key=lambda r: r["test_accuracy"])
         log(f"done: test accuracy {100 * history[-1]['test_accuracy']:.2f}% (best {100 * best['test_accuracy']:.2f}% "

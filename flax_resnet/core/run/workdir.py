@@ -4,6 +4,7 @@
     metrics.jsonl      one JSON object per epoch
     curves.png         loss and accuracy per epoch, train vs test
     model.safetensors  final weights in the torch twin's layout
+    model_ema.safetensors  the final moving average of them, with --model-ema
     checkpoints/       the latest few checkpoints and the best one
     events.out.tfevents.*  TensorBoard curves (`training.event_files`)
 
@@ -46,6 +47,7 @@ class Workdir:
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     curves_path = property(lambda self: self.path / "curves.png")
     weights_path = property(lambda self: self.path / "model.safetensors")
+    ema_weights_path = property(lambda self: self.path / "model_ema.safetensors")
     checkpoints_path = property(lambda self: self.path / "checkpoints")
 
     @classmethod
@@ -86,20 +88,24 @@ class Workdir:
         write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in history))
         plot_curves(history, self.curves_path, title)
 
-    def export_weights(self, state_dict) -> None:
-        """model.safetensors in the torch twin's layout (loads with strict=True); numpy or torch values."""
+    def export_weights(self, state_dict, path: Path | None = None) -> None:
+        """model.safetensors (or `path`) in the torch twin's layout (loads with strict=True); numpy or
+        torch values."""
         if not self.writer:
             return
         # np.array, not np.ascontiguousarray, which turns num_batches_tracked's 0-d arrays into 1-d.
         arrays = {key: np.array(value.detach().cpu().numpy() if hasattr(value, "detach") else value, order="C")
                   for key, value in state_dict.items()}
-        with atomic_file(self.weights_path) as temporary:
+        with atomic_file(path or self.weights_path) as temporary:
             safetensors.numpy.save_file(arrays, temporary, metadata={"format": "pt"})
 
 
 def epoch_record(epoch: int, step: int, train: dict, test: dict, lr: float, train_seconds: float,
-                 seconds: float) -> dict[str, Any]:
-    """One line of metrics.jsonl from the metric sums of an epoch."""
+                 seconds: float, ema_test: dict | None = None) -> dict[str, Any]:
+    """One line of metrics.jsonl from the metric sums of an epoch (`ema_test`: the moving
+    average's evaluation, with --model-ema)."""
+    ema = {} if ema_test is None else {"ema_test_loss": ema_test["loss"] / ema_test["count"],
+                                       "ema_test_accuracy": ema_test["correct"] / ema_test["count"]}
     return {
         "epoch": epoch,
         "step": step,
@@ -107,6 +113,7 @@ def epoch_record(epoch: int, step: int, train: dict, test: dict, lr: float, trai
         "train_accuracy": train["correct"] / train["count"],
         "test_loss": test["loss"] / test["count"],
         "test_accuracy": test["correct"] / test["count"],
+        **ema,
         "lr": lr,
         "images_per_sec": train["count"] / train_seconds,
         "seconds": seconds,
@@ -119,7 +126,9 @@ def summary_line(record: dict[str, Any], epochs: int) -> str:
     """The one line printed after each epoch."""
     return (f"epoch {record['epoch']:>3}/{epochs}  train loss {record['train_loss']:.4f} "
             f"acc {100 * record['train_accuracy']:6.2f}%  test loss {record['test_loss']:.4f} "
-            f"acc {100 * record['test_accuracy']:6.2f}%  lr {record['lr']:.3g}  "
+            f"acc {100 * record['test_accuracy']:6.2f}%  "
+            + (f"ema acc {100 * record['ema_test_accuracy']:6.2f}%  " if "ema_test_accuracy" in record else "")
+            + f"lr {record['lr']:.3g}  "
             f"{record['images_per_sec']:.0f} img/s  {record['seconds']:.1f} s")
 
 
@@ -153,6 +162,8 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     for axis, key, label in ((loss_axis, "loss", "loss"), (accuracy_axis, "accuracy", "accuracy")):
         axis.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
         axis.plot(epochs, [r[f"test_{key}"] for r in history], "s-", label="test")
+        if all(f"ema_test_{key}" in r for r in history):
+            axis.plot(epochs, [r[f"ema_test_{key}"] for r in history], "^--", label="test, moving average")
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
