@@ -25,13 +25,13 @@ import numpy as np
 
 from flax_resnet.core.files import PathError
 from flax_resnet.core.initial_weights import initial_state_dict
+from flax_resnet.core.layouts import describe_spelling, detect_spelling, to_twin
 from flax_resnet.core.registry import MODELS, classifier_prefix, full_kwargs
 from flax_resnet.models import model_skeleton
 from flax_resnet.porting import checkpoint, hub
 from flax_resnet.porting.checkpoint import CheckpointError
 from flax_resnet.porting.hub import HubConfigError, Preprocessing
 from flax_resnet.porting.inference import AmbiguousVariantError, Variant, VariantError, infer_variant
-from flax_resnet.porting.layouts import describe_spelling, detect_spelling, to_twin
 from flax_resnet.porting.state_dict import StateDictMismatchError, load_torch_state_dict, to_torch_state_dict
 from flax_resnet.porting.torch_files import NoStateDictError, WeightFileError, read_torch_file, require_finite
 
