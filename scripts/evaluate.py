@@ -2,10 +2,12 @@
 
     python scripts/evaluate.py --weights PATH --dataset NAME [--data-dir DIR] [--framework flax|torch|both]
 
-PATH: a Flax checkpoint, a PyTorch file, a transformers or timm directory, or a run folder. The
-eval transform follows what the weights recorded (timm's pretrained_cfg, a run's config.json),
-else the data; flags override it. `--framework both` runs the PyTorch twin on the same pixels and
-reports the top-1 agreement between the frameworks. The last line of the output is JSON.
+PATH: a Flax checkpoint, a PyTorch file, a transformers or timm directory, a run folder, or a
+pretrained name (`scripts/port_weights.py --list-pretrained`), whose published scores are printed
+beside the measured ones. The eval transform follows what the weights recorded (the catalog's,
+timm's pretrained_cfg, a run's config.json), else the data; flags override it. `--framework
+both` runs the PyTorch twin on the same pixels and reports the top-1 agreement between the
+frameworks. The last line of the output is JSON.
 Exit status: 0 done; 1 weights or data that cannot be evaluated (one message); 2 bad arguments.
 """
 
@@ -20,12 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from flax_resnet.core.config import OneLineErrorParser, add_model_options, model_options  # noqa: E402
 from flax_resnet.core.evaluation import EvalRequest, evaluate, report_lines  # noqa: E402
+from flax_resnet.core.pretrained import published_lines  # noqa: E402
 
 
 def parse_args(argv):
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, metavar="PATH",
-                        help="a Flax checkpoint, a PyTorch file, a transformers / timm directory or a run folder")
+                        help="a Flax checkpoint, a PyTorch file, a transformers / timm directory, a run folder "
+                             "or a pretrained name")
     parser.add_argument("--dataset", required=True, metavar="NAME",
                         help="as scripts/train.py's: embedded_mnist, imagefolder (streamed, with --data-dir), "
                              "mnist, cifar10, a tfds name (imagenet2012 is streamed), ...")
@@ -70,7 +74,7 @@ def main(argv=None) -> int:
     except InputError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
-    print("\n".join(report_lines(report)))
+    print("\n".join(report_lines(report) + published_lines(args.weights)))
     print(json.dumps(report))
     return 0
 

@@ -9,6 +9,8 @@ Importing any module here imports neither JAX nor torch (`parity_tests/tooling/t
     augment.py          the augmentation spec
     schedule.py         learning rate and momentum per optimizer update, as torch's schedulers
     initial_weights.py  the weights both trainers start from, drawn in numpy
+    layouts.py          the key spellings people's weight files use, as tables of name rules
+    pretrained/         the weights catalog: pretrained names, their files, scores and eval transforms
     data/               datasets by name, sampling, host transforms, the streaming loader
     run/                the run skeleton both trainers share, and the run folder it writes
     frameworks.py       each framework's half of a role, loaded by name

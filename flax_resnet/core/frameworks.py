@@ -26,6 +26,7 @@ FRAMEWORKS = ("flax", "torch")
 #   predictor      `eval_pixels(spec)` and `Predictor(name, kwargs, state_dict)`: evaluation's logits
 #   weights        reading weights people have (`read_source`, `resolve_variant`), in twin keys
 #   fine_tuning    the weights a fine-tuning run starts from (`open_source`, `starting_state`)
+#   pretrained     catalog weights by name (`from_pretrained`, `logits`): what predict.py runs
 #   gradient_flow  `initial_model`, `model_gradient_norms`: the vanishing-gradient study
 #   benchmark      timed train and eval steps (`contestants`)
 #   loader         the torchvision DataLoader the loader benchmark measures against
@@ -34,6 +35,7 @@ MODULES: Mapping[str, Mapping[str, str]] = {
     "predictor": {"flax": "flax_resnet.evaluation.predict", "torch": "torch_ref.evaluation.predict"},
     "weights": {"flax": "flax_resnet.porting.sources"},
     "fine_tuning": {"flax": "flax_resnet.porting.fine_tune"},
+    "pretrained": {"flax": "flax_resnet.pretrained", "torch": "torch_ref.pretrained"},
     "gradient_flow": {"flax": "flax_resnet.studies.gradient_flow", "torch": "torch_ref.studies.gradient_flow"},
     "benchmark": {"flax": "flax_resnet.studies.benchmark", "torch": "torch_ref.studies.benchmark"},
     "loader": {"torch": "torch_ref.studies.data_loading"},

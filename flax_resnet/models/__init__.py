@@ -17,14 +17,22 @@ RECIPE_ATTRIBUTE = "created_with"
 
 
 def create_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
-                 rngs: nnx.Rngs, **options) -> nnx.Module:
+                 rngs: nnx.Rngs | None = None, pretrained=None, **options) -> nnx.Module:
     """Build a registered variant. Input is NHWC float32.
 
     num_classes and in_channels default to the variant's own (1000 and 3 for the ImageNet nets,
     10 classes for the CIFAR nets, 10 classes and 1 channel for the seed nets). Options:
     stem ('imagenet' | 'cifar'), maxpool, zero_init_residual, and for CIFAR nets shortcut ('A' | 'B').
-    Raises ValueError naming the valid choices for an unknown name or option.
+    pretrained: the catalog's weights for `name`, by tag ('IMAGENET1K_V2'; True: the default ones)
+    or by whole name ('hf-hub:timm/resnet50.a1_in1k'), as `flax_resnet.from_pretrained` loads them;
+    then no rngs are needed. Raises ValueError naming the valid choices for an unknown name or option.
     """
+    if pretrained not in (None, False):
+        from flax_resnet.pretrained import pretrained_model
+
+        return pretrained_model(name, pretrained, num_classes=num_classes, in_channels=in_channels, **options)
+    if rngs is None:
+        raise TypeError("create_model() needs rngs= (an nnx.Rngs), or pretrained= to load weights")
     spec, num_classes, in_channels, options = resolve(name, num_classes, in_channels, options)
     model = _build(spec, num_classes, in_channels, options, rngs)
     attach_recipe(model, name, {"num_classes": num_classes, "in_channels": in_channels, **options})

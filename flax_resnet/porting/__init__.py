@@ -1,10 +1,10 @@
 """Weights between the frameworks and the files people have them in.
 
     state_dict.py   name rules plus layout transposes: a Flax model <-> a torch-layout state_dict
-    layouts.py      the key spellings people's files use, as tables of name rules (plain Python)
     torch_files.py  PyTorch files of any name (recognised by content), read safely, written atomically
     hub.py          transformers' and timm's config.json, read and written as JSON
     sources.py      any path people have (file, hub directory, Flax checkpoint, run) -> weights
+    named.py        pretrained names (`flax_resnet.core.pretrained`) wherever sources take a path
     checkpoint.py   Flax checkpoints that know their variant (`flax_resnet.save` / `load`)
     inference.py    which variant a state_dict is, from its key names and shapes
     verify.py       both frameworks run on one batch, compared stage by stage

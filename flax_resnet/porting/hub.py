@@ -20,8 +20,8 @@ import numpy as np
 import safetensors.numpy
 
 from flax_resnet.core.files import InputError, atomic_directory
+from flax_resnet.core.layouts import from_twin
 from flax_resnet.core.registry import IMAGENET_WIDTHS, MODELS
-from flax_resnet.porting.layouts import from_twin
 
 # ResNetConfig's defaults (transformers/models/resnet/configuration_resnet.py), for the fields a
 # saved config.json may leave out. `num_labels` defaults to 2 when there is no `id2label`.

@@ -15,11 +15,11 @@ import sys
 import torch
 
 from flax_resnet.core.files import InputError
+from flax_resnet.core.layouts import describe_spelling, from_twin
 from flax_resnet.core.registry import TORCHVISION_MODELS
 from flax_resnet.porting import checkpoint, hub
 from flax_resnet.porting.hub import HubConfigError
 from flax_resnet.porting.inference import Variant
-from flax_resnet.porting.layouts import describe_spelling, from_twin
 from flax_resnet.porting.sources import KINDS, Source, build_model, read_source, resolve_variant
 from flax_resnet.porting.state_dict import to_torch_state_dict
 from flax_resnet.porting.torch_files import TORCH_SUFFIXES, write_torch_file

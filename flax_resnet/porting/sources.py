@@ -25,13 +25,14 @@ import numpy as np
 
 from flax_resnet.core.files import PathError
 from flax_resnet.core.initial_weights import initial_state_dict
+from flax_resnet.core.layouts import describe_spelling, detect_spelling, to_twin
+from flax_resnet.core.pretrained import is_pretrained_name
 from flax_resnet.core.registry import MODELS, classifier_prefix, full_kwargs
 from flax_resnet.models import model_skeleton
 from flax_resnet.porting import checkpoint, hub
 from flax_resnet.porting.checkpoint import CheckpointError
 from flax_resnet.porting.hub import HubConfigError, Preprocessing
 from flax_resnet.porting.inference import AmbiguousVariantError, Variant, VariantError, infer_variant
-from flax_resnet.porting.layouts import describe_spelling, detect_spelling, to_twin
 from flax_resnet.porting.state_dict import StateDictMismatchError, load_torch_state_dict, to_torch_state_dict
 from flax_resnet.porting.torch_files import NoStateDictError, WeightFileError, read_torch_file, require_finite
 
@@ -101,8 +102,14 @@ class Source:
 
 def read_source(path, *, key: str | None = None) -> Source:
     """Read the weights at `path` (see the module doc). `key` picks the entry of a pickled dict
-    that holds the state_dict. Raises SourceError."""
+    that holds the state_dict. `path` may also be a pretrained name ('torchvision:resnet50.IMAGENET1K_V2',
+    'hf-hub:timm/resnet50.a1_in1k'): its file, downloaded once (`named`). Raises SourceError, or
+    PretrainedError for a name or a download."""
     path = os.fspath(path)
+    if is_pretrained_name(path):
+        from flax_resnet.porting.named import read_named
+
+        return read_named(path, key=key)
     if not os.path.exists(path):
         raise SourceError(path, "no such file or directory")
     if not os.path.isdir(path):

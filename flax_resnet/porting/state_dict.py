@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from flax_resnet.core.files import InputError, summarize
-from flax_resnet.porting.layouts import canonical_key
+from flax_resnet.core.layouts import canonical_key
 
 # Flax leaf name -> torch leaf name.
 LEAF_NAMES = {

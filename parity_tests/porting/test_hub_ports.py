@@ -17,8 +17,8 @@ from flax import nnx
 from transformers import ResNetConfig, ResNetForImageClassification
 
 import torch_ref
+from flax_resnet.core.layouts import detect_spelling, from_twin, to_twin
 from flax_resnet.porting import hub
-from flax_resnet.porting.layouts import detect_spelling, from_twin, to_twin
 from flax_resnet.porting.sources import build_model, read_source, resolve_variant
 from flax_resnet.porting.state_dict import to_torch_state_dict
 from parity_tests.helpers.hub_fixtures import (

@@ -15,7 +15,7 @@ import torchvision
 
 import flax_resnet
 import torch_ref
-from flax_resnet.porting.layouts import from_twin
+from flax_resnet.core.layouts import from_twin
 from flax_resnet.porting.state_dict import to_torch_state_dict
 from parity_tests.porting.test_port_weights import assert_one_line_error, assert_same_weights, run, torch_state
 

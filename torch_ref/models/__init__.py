@@ -13,8 +13,12 @@ __all__ = ["ResNet", "D2LResNet18", "MnistResNet", "create_model"]
 
 
 def create_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
-                 **options) -> nn.Module:
+                 pretrained=None, **options) -> nn.Module:
     """Build a registered variant. Input is NCHW float32. Arguments as `flax_resnet.create_model`."""
+    if pretrained not in (None, False):
+        from torch_ref.pretrained import pretrained_model
+
+        return pretrained_model(name, pretrained, num_classes=num_classes, in_channels=in_channels, **options)
     spec, num_classes, in_channels, options = resolve(name, num_classes, in_channels, options)
     if spec.family == "d2l":
         return D2LResNet18(num_classes=num_classes, in_channels=in_channels)

@@ -56,8 +56,9 @@ class TrainConfig:
 
     # --- fine-tuning
     init_from: str | None = setting(None, "start from these weights: a PyTorch file, a transformers or timm "
-                                          "directory, a Flax checkpoint or a run folder (without --model: their "
-                                          "variant)", TUNE, metavar="PATH")
+                                          "directory, a Flax checkpoint, a run folder or a pretrained name "
+                                          "(torchvision:resnet50.IMAGENET1K_V2, hf-hub:timm/...; without "
+                                          "--model: their variant)", TUNE, metavar="PATH")
     init_key: str | None = setting(None, "the entry of a saved dict that holds the state_dict, if not a usual one",
                                    TUNE, metavar="NAME")
     freeze_backbone: bool = setting(False, "train only the classifier, BatchNorm statistics frozen", TUNE,

@@ -14,6 +14,7 @@ from typing import Any
 
 from flax_resnet.core import frameworks
 from flax_resnet.core.config import ConfigError, TrainConfig
+from flax_resnet.core.pretrained import PretrainedError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ def open_init(config: TrainConfig, channels: int):
     porting = frameworks.module("fine_tuning")
     try:
         return porting.open_init(config, channels)
-    except porting.InitError as error:
+    except (porting.InitError, PretrainedError) as error:  # a pretrained name that cannot be had
         raise ConfigError(f"--init-from {error}") from None
 
 
