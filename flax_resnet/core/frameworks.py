@@ -3,7 +3,6 @@
 The neutral core drives training, evaluation and the studies; the JAX or torch code that does the
 numerical work is imported only when a run asks for that framework, so importing the core imports
 neither. One table says where every half lives; a `Protocol` per role says what it provides.
-from flax_resnet.core.files import InputError
 
     backend(framework)           a TrainerBackend for `core.run.skeleton.run`
     module(role, framework)      the module playing `role` (a key of MODULES) for that framework
