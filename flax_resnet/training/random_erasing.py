@@ -53,16 +53,30 @@ class EraseDraws(NamedTuple):
     box: EraseBox  # (0, 0, H, W) where nothing fitted, as torchvision's get_params returns
 
 
+def _unit_floats(bits):
+    """uint32 words -> float32 in [0, 1) from their top 24 bits (as torch's CPU generator makes floats)."""
+    return (bits >> 8).astype(jnp.float32) * (2.0 ** -24)
+
+
+def _below(bits, bound):
+    """uint32 words -> int32 uniform in [0, bound), bound <= 2**16: floor(bits * bound / 2**32), exact
+    in 32-bit arithmetic by taking the words 16 bits at a time."""
+    bound = bound.astype(jnp.uint32)
+    high, low = bits >> 16, bits & 0xFFFF
+    return ((high * bound + ((low * bound) >> 16)) >> 16).astype(jnp.int32)
+
+
 def draw_erase_boxes(rng, count: int, image_size: tuple[int, int], probability: float,
                      scale: tuple[float, float] = SCALE, ratio: tuple[float, float] = RATIO) -> EraseDraws:
     """Draw `count` images' erasing boxes for images of `image_size` (height, width)."""
     height, width = image_size
-    coin_key, area_key, aspect_key, top_key, left_key = jax.random.split(rng, 5)
-    coin = jax.random.uniform(coin_key, (count,))
-    area_fraction = jax.random.uniform(area_key, (count, ATTEMPTS), minval=scale[0], maxval=scale[1])
+    # One call for every word: each call of the generator costs the train step a second of compilation.
+    bits = jax.random.bits(rng, (count, 1 + 2 * ATTEMPTS + 2))
+    coin = _unit_floats(bits[:, 0])
+    area_fraction = scale[0] + (scale[1] - scale[0]) * _unit_floats(bits[:, 1:1 + ATTEMPTS])
     # float32 bounds, as torchvision's torch.log(torch.tensor(ratio))
     log_low, log_high = (float(v) for v in np.log(np.asarray(ratio, np.float32)))
-    log_aspect = jax.random.uniform(aspect_key, (count, ATTEMPTS), minval=log_low, maxval=log_high)
+    log_aspect = log_low + (log_high - log_low) * _unit_floats(bits[:, 1 + ATTEMPTS:1 + 2 * ATTEMPTS])
 
     erase_area = (height * width) * area_fraction
     aspect = jnp.exp(log_aspect)
@@ -73,8 +87,8 @@ def draw_erase_boxes(rng, count: int, image_size: tuple[int, int], probability: 
     first = jnp.argmax(fits, axis=1)[:, None]
     box_height = jnp.where(found, jnp.take_along_axis(heights, first, axis=1)[:, 0], height)
     box_width = jnp.where(found, jnp.take_along_axis(widths, first, axis=1)[:, 0], width)
-    top = jax.random.randint(top_key, (count,), 0, height - box_height + 1)
-    left = jax.random.randint(left_key, (count,), 0, width - box_width + 1)
+    top = _below(bits[:, -2], height - box_height + 1)
+    left = _below(bits[:, -1], width - box_width + 1)
     box = EraseBox(top, left, box_height, box_width, (coin < probability) & found)
     return EraseDraws(coin, area_fraction, log_aspect, found, box)
 
