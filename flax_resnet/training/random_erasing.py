@@ -12,6 +12,9 @@ image after `Normalize` (`--random-erase 0.1` in its ResNet-50 V2 recipe):
   pixels become 0 in every channel;
 - no attempt fits: the image stays as it is.
 
+Each image draws its own box, as in torchvision's reference, where the transform runs per sample
+(v2 `RandomErasing` handed a whole batch tensor would put one box on every image).
+
 torchvision computes h and w in float64; here they come from float32, so the two can differ only
 where the square root lies within a few float32 ulps of a half-integer.
 
