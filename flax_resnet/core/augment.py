@@ -32,6 +32,7 @@ class AugmentSpec:
     image_size: int | None = None  # resize to this square size first; None: keep
     crop_pct: float | None = None  # evaluation: resize to image_size / crop_pct, then cut out the centre
     interpolation: str = "bilinear"  # of every resize: 'bilinear' or 'bicubic'
+    random_erase: float = 0.0  # training: torchvision's RandomErasing probability, after normalizing
     mixing: MixSpec | None = None  # train batches only
 
 

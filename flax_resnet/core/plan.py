@@ -111,6 +111,7 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
         augment = default_augment(data.image_shape, crop_padding=config.crop_padding, flip=config.flip,
                                   image_size=config.image_size, mean=mean, std=std,
                                   interpolation=config.interpolation)
+    augment = dataclasses.replace(augment, random_erase=float(config.random_erase))
     _, num_classes, in_channels, options = resolve(config.model, data.num_classes, channels,
                                                    dict(config.model_options))
     if config.mixup_alpha or config.cutmix_alpha:

@@ -1,4 +1,5 @@
-"""Image preprocessing on the device: resize, pad-and-random-crop, horizontal flip, normalize.
+"""Image preprocessing on the device: resize, pad-and-random-crop, horizontal flip, normalize,
+random erasing.
 
 Pure jittable functions of a uint8 NHWC batch, following an `AugmentSpec`; the train step calls
 them inside its own jit, so decoded images stay uint8 until they reach the device. The torch
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_resnet.core.augment import AugmentSpec
+from flax_resnet.training.random_erasing import ERASING_STREAM, random_erase
 
 
 def to_unit_range(images):
@@ -68,7 +70,10 @@ def train_transform(rng, images, spec: AugmentSpec, dtype=jnp.float32):
         x = random_crop(crop_rng, x, spec.crop_padding)
     if spec.flip:
         x = random_flip(flip_rng, x)
-    return normalize(x, spec.mean, spec.std).astype(dtype)
+    x = normalize(x, spec.mean, spec.std)
+    if spec.random_erase:  # its own key: the crop and flip draw what they drew without it
+        x = random_erase(jax.random.fold_in(rng, ERASING_STREAM), x, spec.random_erase)
+    return x.astype(dtype)
 
 
 def eval_transform(images, spec: AugmentSpec, dtype=jnp.float32):

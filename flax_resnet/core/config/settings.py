@@ -102,6 +102,9 @@ class TrainConfig:
                                              "(AutoAugment)", DATA, metavar="NAME")
     rand_augment: str | None = setting(None, "streamed data: timm's RandAugment string, e.g. rand-m7-mstd0.5-inc1",
                                        DATA, metavar="CONFIG")
+    random_erase: float = setting(0.0, "torchvision's RandomErasing on the device, after normalizing: with "
+                                       "probability P a box of 2-33%% of a training image's area (aspect 0.3-3.3) "
+                                       "becomes 0 (0: off)", DATA, type=float, metavar="P")
     flip: bool | None = setting(None, "random horizontal flips (none: for colour images, not for digits and "
                                       "clothing)", DATA, kind=BOOLEAN)
 

@@ -121,6 +121,8 @@ def validate(config: TrainConfig) -> None:
              f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     _require(config.image_size is None or (_is_int(config.image_size) and config.image_size >= 8),
              f"image_size must be an integer >= 8, got {config.image_size!r}")
+    _require(_is_number(config.random_erase) and 0 <= config.random_erase <= 1,
+             f"random_erase must be a probability in [0, 1] (0: off), got {config.random_erase!r}")
     _require(not (config.auto_augment and config.rand_augment),
              "give auto_augment or rand_augment, not both: each is a whole policy")
     for name in ("train_crop_size", "val_resize_size"):
