@@ -23,6 +23,7 @@ def create_model(name: str, *, num_classes: int | None = None, in_channels: int 
     num_classes and in_channels default to the variant's own (1000 and 3 for the ImageNet nets,
     10 classes for the CIFAR nets, 10 classes and 1 channel for the seed nets). Options:
     stem ('imagenet' | 'cifar'), maxpool, zero_init_residual, and for CIFAR nets shortcut ('A' | 'B').
+    Residual nets also take drop_path_rate (stochastic depth; see `ResNet`).
     Raises ValueError naming the valid choices for an unknown name or option.
     """
     spec, num_classes, in_channels, options = resolve(name, num_classes, in_channels, options)
