@@ -17,6 +17,9 @@ from flax_resnet.core.registry import resolve
 REFRESH_SECONDS = 0.5
 AUGMENT_STREAM = 1  # the augmentation key is fold_in(key(seed), 1)
 MIXING_STREAM = 2  # a step's mixing key is fold_in(fold_in(augmentation key, 2), step)
+# A step's stochastic-depth key is fold_in(fold_in(augmentation key, 2**32 - 1), step). No step
+# number (int32) reaches 2**32 - 1, so it is never one of the augmentation's keys.
+DROPOUT_STREAM = 2**32 - 1
 
 
 @dataclasses.dataclass

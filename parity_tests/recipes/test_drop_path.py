@@ -40,10 +40,12 @@ from flax_resnet.porting.state_dict import load_torch_state_dict
 from flax_resnet.training.device_transforms import eval_transform
 from flax_resnet.training.optim import make_optimizer
 from flax_resnet.training.step import cross_entropy, data_mesh, jit_train_step, put_batch, split_model
+from flax_resnet.training.stochastic_depth import step_keep_masks
 from parity_tests.helpers.relu_patterns import pinned_flax_relus, pinned_torch_relus, record_torch_relus
 from parity_tests.helpers.twins import (as_float64, gradient_errors, make_twins, random_images, randomize_batchnorm,
                                         relative_error)
 from torch_ref.training.optim import make_optimizer as make_torch_optimizer
+from torch_ref.training.step import drop_paths, given_keep_masks
 from torch_ref.training.step import train_step as torch_train_step
 
 # Two float32 implementations of one computation: errors of the same size as torch's own.
@@ -505,3 +507,36 @@ def test_train_steps_draw_per_step_and_agree_given_the_masks():
     error, torch_rounding = global_error(moved(flax_state), moved(exact_state)), global_error(
         moved(torch_state), moved(exact_state))
     assert error <= NOISE_FACTOR * torch_rounding + FLOAT32_EPS, (error, torch_rounding)
+
+
+def test_the_torch_trainer_hands_its_twin_the_flax_steps_masks():
+    """What the torch trainer gives torch_ref at a step (`stochastic_depth.step_keep_masks`) is
+    exactly what the Flax step's DropPaths draw then (`step_masks`, the 'dropout' stream the test
+    above records them from). `given_keep_masks` makes torch_ref's forward apply those rows in call
+    order, as the patched draws of `given_masks` do; rows that do not fit are refused, and none
+    outlives the forward pass."""
+    rng, keep_probs = jax.random.key(9), (0.9, 0.6, 0.75)
+    for step_number in (0, 1, 7):
+        ours = np.asarray(step_keep_masks(rng, step_number, BATCH, keep_probs))
+        assert ours.dtype == bool and ours.shape == (len(keep_probs), BATCH)
+        assert all(np.array_equal(a, b) for a, b in zip(ours, step_masks(rng, step_number, keep_probs)))
+    assert not np.array_equal(*(np.asarray(step_keep_masks(rng, s, BATCH, keep_probs)) for s in (0, 1)))
+
+    torch_model, _ = make_twins("resnet20", seed=11, drop_path_rate=0.5)
+    rates = [rate for rate in block_rates(torch_model) if rate > 0]
+    masks = random_masks(rates, BATCH, seed=12)
+    nchw = torch.from_numpy(random_images("resnet20", BATCH, SIZE, SIZE, seed=13)[0])
+    torch_model.train()
+    with torch.no_grad():
+        with given_masks(masks, [1.0 - rate for rate in rates]) as forward, forward("torch"):
+            expected = torch_model(nchw)
+        with given_keep_masks(torch_model, [torch.from_numpy(mask) for mask in masks]):
+            actual = torch_model(nchw)
+        assert torch.equal(actual, expected)
+        with pytest.raises(ValueError, match="3 keep masks for the model's 8 DropPath layers"):
+            with given_keep_masks(torch_model, [torch.from_numpy(mask) for mask in masks[:3]]):
+                pass
+        with pytest.raises(RuntimeError, match="left 8 of 8 keep masks unused"):
+            with given_keep_masks(torch_model, [torch.from_numpy(mask) for mask in masks]):
+                torch_model.eval()(nchw)  # eval mode applies no mask
+    assert all(layer.keep is None for layer in drop_paths(torch_model))
