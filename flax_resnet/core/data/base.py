@@ -93,7 +93,8 @@ class EpochBatches(Batches):
     `{"epoch": e, "step": k, "seed", "batch_size", "train_count"}` (with repeated augmentation also
     "ra_reps" and "world_size"): JSON-ready, and all a resumption needs, since a batch (its
     examples and their augmentation) is a pure function of seed, epoch and step.
-    `TrainingData.resume(state)` yields exactly the batches an uninterrupted pass had left. Worker processes and prefetch buffers hold nothing that the position does not determine.
+    `TrainingData.resume(state)` yields exactly the batches an uninterrupted pass had left. Worker
+    processes and prefetch buffers hold nothing that the position does not determine.
     """
 
     def __init__(self, batches: Iterator[dict], *, epoch: int, start_step: int, steps_per_epoch: int,
