@@ -10,13 +10,18 @@ from typing import Any
 
 from flax_resnet.core.augment import AugmentSpec, MixSpec, default_augment
 from flax_resnet.core.config import AUTO_PRECISION, ConfigError, TrainConfig
+from flax_resnet.core.config.validation import check_drop_path
 from flax_resnet.core.data import TrainingData
+from flax_resnet.core.data.repeated_augmentation import TORCHVISION_ROUND_TO, images_per_rank
 from flax_resnet.core.registry import resolve
 
 # Seconds between progress-bar refreshes. Each refresh waits for the device, so not every step.
 REFRESH_SECONDS = 0.5
 AUGMENT_STREAM = 1  # the augmentation key is fold_in(key(seed), 1)
 MIXING_STREAM = 2  # a step's mixing key is fold_in(fold_in(augmentation key, 2), step)
+# A step's stochastic-depth key is fold_in(fold_in(augmentation key, 2**32 - 1), step). No step
+# number (int32) reaches 2**32 - 1, so it is never one of the augmentation's keys.
+DROPOUT_STREAM = 2**32 - 1
 
 
 @dataclasses.dataclass
@@ -78,6 +83,25 @@ def resolve_precision(config: TrainConfig, platform: str) -> TrainConfig:
     return dataclasses.replace(config, precision="fp32" if platform == "cpu" else "bf16")
 
 
+def _steps_per_epoch(config: TrainConfig, data: TrainingData) -> int:
+    """The data's steps per epoch, refusing a repeated-augmentation epoch without any."""
+    if data.ra_reps != (config.ra_reps if config.ra_sampler else None):
+        raise ConfigError(f"{data.name} was loaded for another sampler than ra_sampler={config.ra_sampler}, "
+                          f"ra_reps={config.ra_reps}: load it with core.data.load_data(config)")
+    steps = data.steps_per_epoch(config.batch_size)
+    if config.ra_sampler and steps == 0:
+        processes = data.shard.count
+        kept = images_per_rank(data.train_count, processes) * processes
+        if kept == 0:
+            raise ConfigError(f"the RA sampler keeps {data.train_count} // {TORCHVISION_ROUND_TO} * "
+                              f"{TORCHVISION_ROUND_TO} // {processes} = 0 of {data.name}'s training images per "
+                              f"process and epoch, as torchvision's RASampler; it needs at least "
+                              f"{TORCHVISION_ROUND_TO} of them")
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {kept} images an epoch of the RA "
+                          f"sampler holds")
+    return steps
+
+
 def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -> RunSetup:
     """Check the config against the data and fill in what depends on it. Raises ConfigError.
 
@@ -112,14 +136,16 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
                                   image_size=config.image_size, mean=mean, std=std,
                                   interpolation=config.interpolation)
     augment = dataclasses.replace(augment, random_erase=float(config.random_erase))
+    check_drop_path(config.model, config.drop_path_rate)  # the model may come from --init-from
+    stochastic_depth = {"drop_path_rate": config.drop_path_rate} if config.drop_path_rate else {}
     _, num_classes, in_channels, options = resolve(config.model, data.num_classes, channels,
-                                                   dict(config.model_options))
+                                                   {**config.model_options, **stochastic_depth})
     if config.mixup_alpha or config.cutmix_alpha:
         smoothing = config.label_smoothing if config.mixup_mode == "timm" else 0.0
         augment = dataclasses.replace(augment, mixing=MixSpec(config.mixup_mode, config.mixup_alpha,
                                                               config.cutmix_alpha, num_classes, smoothing))
     eval_batch = min(config.eval_batch_size, data.test_count)
     eval_batch = -(-eval_batch // num_devices) * num_devices
-    plan = StepPlan(train_count // config.batch_size, config.grad_accum, config.epochs)
+    plan = StepPlan(_steps_per_epoch(config, data), config.grad_accum, config.epochs)
     return RunSetup(plan, augment, {"num_classes": num_classes, "in_channels": in_channels, **options},
                     eval_batch, normalization)

@@ -21,11 +21,34 @@ _CIFAR_OPTIONS = {"shortcut": "A", "zero_init_residual": False}
 # timm builds every ResNet with its blocks' last BatchNorm zeroed (`zero_init_last=True`).
 _TIMM_OPTIONS = {"maxpool": None, "zero_init_residual": True}
 
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The valid values of a numeric option: low <= value < high."""
+
+    low: float
+    high: float
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value < self.high
+
+    def __repr__(self) -> str:
+        return f"a number in [{self.low:g}, {self.high:g})"
+
+
+# Options that change how a residual net trains, never its parameters: every residual net of the
+# 'resnet' and 'preact' families takes them, and they join the resolved options only when given,
+# so a model built without them is recorded, saved and exported as before.
+# drop_path_rate: stochastic depth as timm's ResNet (Huang et al. 2016): block i of n drops its
+# residual branch with probability drop_path_rate * i / (n - 1) in train mode.
+TRAINING_OPTIONS = {"drop_path_rate": 0.0}
+
 OPTION_CHOICES = {
     "stem": ("imagenet", "cifar"),
     "maxpool": (True, False, None),
     "zero_init_residual": (True, False),
     "shortcut": ("A", "B"),
+    "drop_path_rate": Interval(0.0, 1.0),
 }
 
 
@@ -170,15 +193,20 @@ def resolve(name: str, num_classes: int | None, in_channels: int | None, options
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     spec = MODELS[name]
-    unknown = sorted(set(options) - set(spec.options))
+    accepted = accepted_options(spec)
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
-        valid = ", ".join(spec.options) or "none"
+        valid = ", ".join(accepted) or "none"
         raise ValueError(f"{name} does not take option(s) {', '.join(unknown)}; valid options: {valid}")
     resolved = {**spec.options, **options}
     for key, value in resolved.items():
-        if not any(value is c or (type(value) is type(c) and value == c) for c in OPTION_CHOICES[key]):
-            choices = ", ".join(repr(c) for c in OPTION_CHOICES[key])
-            raise ValueError(f"option {key}={value!r} is not valid for {name}; choose from {choices}")
+        choices = OPTION_CHOICES[key]
+        if isinstance(choices, Interval):
+            if value not in choices:
+                raise ValueError(f"option {key}={value!r} is not valid for {name}; choose {choices!r}")
+        elif not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+            listed = ", ".join(repr(c) for c in choices)
+            raise ValueError(f"option {key}={value!r} is not valid for {name}; choose from {listed}")
     if "maxpool" in resolved and resolved["maxpool"] is None:
         resolved["maxpool"] = resolved.get("stem", spec.stem) != "cifar"
     num_classes = spec.num_classes if num_classes is None else num_classes
@@ -187,6 +215,13 @@ def resolve(name: str, num_classes: int | None, in_channels: int | None, options
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     return spec, num_classes, in_channels, resolved
+
+
+def accepted_options(spec: ModelSpec) -> dict[str, Any]:
+    """The keyword options a variant takes, with their defaults: its own and, for a residual net
+    of the 'resnet' or 'preact' family, TRAINING_OPTIONS."""
+    residual = spec.family in ("resnet", "preact") and spec.residual
+    return {**spec.options, **(TRAINING_OPTIONS if residual else {})}
 
 
 def resnet_arguments(spec: ModelSpec, num_classes: int, in_channels: int, options: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +239,7 @@ def resnet_arguments(spec: ModelSpec, num_classes: int, in_channels: int, option
         "groups": spec.groups, "base_width": spec.base_width, "attention": spec.attention,
         "preact": spec.family == "preact",
         "zero_init_residual": options.get("zero_init_residual", False),
+        "drop_path_rate": options.get("drop_path_rate", 0.0),
     }
 
 

@@ -25,7 +25,8 @@ def create_model(name: str, *, num_classes: int | None = None, in_channels: int 
     stem ('imagenet' | 'cifar'), maxpool, zero_init_residual, and for CIFAR nets shortcut ('A' | 'B').
     pretrained: the catalog's weights for `name`, by tag ('IMAGENET1K_V2'; True: the default ones)
     or by whole name ('hf-hub:timm/resnet50.a1_in1k'), as `flax_resnet.from_pretrained` loads them;
-    then no rngs are needed. Raises ValueError naming the valid choices for an unknown name or option.
+    then no rngs are needed. Residual nets also take drop_path_rate (stochastic depth; see `ResNet`).
+    Raises ValueError naming the valid choices for an unknown name or option.
     """
     if pretrained not in (None, False):
         from flax_resnet.pretrained import pretrained_model

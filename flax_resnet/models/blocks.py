@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_resnet.models.layers import AvgPool, BatchNorm, conv, identity
+from flax_resnet.models.layers import AvgPool, BatchNorm, DropPath, conv, identity
 
 
 class ZeroPadShortcut(nnx.Module):
@@ -82,6 +82,11 @@ def make_attention(kind, channels, *, rngs):
     raise ValueError(f"unknown attention {kind!r}; choose None or 'se'")
 
 
+def make_drop_path(drop_prob: float):
+    """The block's stochastic depth on its residual branch, before the add: None at rate 0 (as timm)."""
+    return DropPath(drop_prob) if drop_prob > 0.0 else None
+
+
 class BasicBlock(nnx.Module):
     """Two 3x3 convs (ResNet-18/34 and the CIFAR nets). `shortcut=None` makes it a plain block.
 
@@ -91,7 +96,7 @@ class BasicBlock(nnx.Module):
     expansion = 1
 
     def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
-                 attention=None, rngs: nnx.Rngs):
+                 attention=None, drop_path_rate=0.0, rngs: nnx.Rngs):
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
         self.residual = shortcut is not None
@@ -100,16 +105,19 @@ class BasicBlock(nnx.Module):
         self.conv2 = conv(planes, planes, 3, rngs=rngs)
         self.bn2 = BatchNorm(planes)
         self.se = make_attention(attention, planes, rngs=rngs)
+        self.drop_path = make_drop_path(drop_path_rate)
         self.downsample = make_shortcut(shortcut, in_channels, planes, stride, rngs=rngs)
 
     def last_bn(self):
         return self.bn2
 
-    def __call__(self, x):
+    def __call__(self, x, *, rngs: nnx.Rngs | None = None):
         out = jax.nn.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.se is not None:
             out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out, rngs=rngs)
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return jax.nn.relu(out)
@@ -125,7 +133,7 @@ class Bottleneck(nnx.Module):
     expansion = 4
 
     def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
-                 attention=None, rngs: nnx.Rngs):
+                 attention=None, drop_path_rate=0.0, rngs: nnx.Rngs):
         width = int(planes * (base_width / 64.0)) * groups
         out_channels = planes * self.expansion
         self.residual = shortcut is not None
@@ -136,17 +144,20 @@ class Bottleneck(nnx.Module):
         self.conv3 = conv(width, out_channels, 1, padding=0, rngs=rngs)
         self.bn3 = BatchNorm(out_channels)
         self.se = make_attention(attention, out_channels, rngs=rngs)
+        self.drop_path = make_drop_path(drop_path_rate)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, rngs=rngs)
 
     def last_bn(self):
         return self.bn3
 
-    def __call__(self, x):
+    def __call__(self, x, *, rngs: nnx.Rngs | None = None):
         out = jax.nn.relu(self.bn1(self.conv1(x)))
         out = jax.nn.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out, rngs=rngs)
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return jax.nn.relu(out)
@@ -158,7 +169,7 @@ class PreActBasicBlock(nnx.Module):
     expansion = 1
 
     def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
-                 attention=None, rngs: nnx.Rngs):
+                 attention=None, drop_path_rate=0.0, rngs: nnx.Rngs):
         if groups != 1 or base_width != 64 or attention is not None:
             raise ValueError("PreActBasicBlock supports only groups=1, base_width=64, no attention")
         self.bn1 = BatchNorm(in_channels)
@@ -166,12 +177,15 @@ class PreActBasicBlock(nnx.Module):
         self.bn2 = BatchNorm(planes)
         self.conv2 = conv(planes, planes, 3, rngs=rngs)
         self.downsample = make_shortcut(shortcut, in_channels, planes, stride, rngs=rngs, norm=False)
+        self.drop_path = make_drop_path(drop_path_rate)
 
-    def __call__(self, x):
+    def __call__(self, x, *, rngs: nnx.Rngs | None = None):
         out = jax.nn.relu(self.bn1(x))
         identity = x if self.downsample is None else self.downsample(out)
         out = self.conv1(out)
         out = self.conv2(jax.nn.relu(self.bn2(out)))
+        if self.drop_path is not None:
+            out = self.drop_path(out, rngs=rngs)
         return out + identity
 
 
@@ -181,7 +195,7 @@ class PreActBottleneck(nnx.Module):
     expansion = 4
 
     def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
-                 attention=None, rngs: nnx.Rngs):
+                 attention=None, drop_path_rate=0.0, rngs: nnx.Rngs):
         if attention is not None:
             raise ValueError("PreActBottleneck has no attention")
         width = int(planes * (base_width / 64.0)) * groups
@@ -194,13 +208,16 @@ class PreActBottleneck(nnx.Module):
         self.conv3 = conv(width, out_channels, 1, padding=0, rngs=rngs)
         self.downsample = make_shortcut(
             shortcut, in_channels, out_channels, stride, rngs=rngs, norm=False)
+        self.drop_path = make_drop_path(drop_path_rate)
 
-    def __call__(self, x):
+    def __call__(self, x, *, rngs: nnx.Rngs | None = None):
         out = jax.nn.relu(self.bn1(x))
         identity = x if self.downsample is None else self.downsample(out)
         out = self.conv1(out)
         out = self.conv2(jax.nn.relu(self.bn2(out)))
         out = self.conv3(jax.nn.relu(self.bn3(out)))
+        if self.drop_path is not None:
+            out = self.drop_path(out, rngs=rngs)
         return out + identity
 
 

@@ -179,3 +179,56 @@ class AvgPool(nnx.Module):
 def identity(x):
     """nn.Identity: a placeholder that keeps a Sequential's indices (and so its keys) as torch's."""
     return x
+
+
+def drop_path_rates(drop_path_rate: float, num_blocks: int) -> list[float]:
+    """Each residual block's stochastic-depth rate, rising linearly over the whole net from 0 at
+    the first block to `drop_path_rate` at the last (timm's ResNet; Huang et al. 2016)."""
+    return [drop_path_rate * index / max(num_blocks - 1, 1) for index in range(num_blocks)]
+
+
+class DropPathError(ValueError):
+    """A DropPath in train mode was called without the random streams to draw from."""
+
+
+def draw_keep_mask(key, batch_size: int, keep_prob: float) -> jax.Array:
+    """DropPath's random draw: for each sample, True (keep its branch) with probability keep_prob.
+
+    Looked up at each call, so the masks can be given instead of drawn (`drop_path` applies them).
+    """
+    return jax.random.bernoulli(key, keep_prob, (batch_size,))
+
+
+def drop_path(x, keep, keep_prob: float):
+    """DropPath given its draw: sample i of `x` times keep[i] / keep_prob, so its expectation is
+    `x` (timm's `scale_by_keep=True`)."""
+    scale = keep.astype(x.dtype) / jnp.asarray(keep_prob, x.dtype)
+    return x * scale.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth per sample, as timm's DropPath: in train mode each sample's residual
+    branch is zeroed with probability `drop_prob`, else scaled by 1 / (1 - drop_prob); in eval mode
+    it is the identity. Parameter-free.
+
+    The masks come from the `rngs` given at call time: one key of its `rng_collection` stream
+    ('dropout'; nnx.Rngs falls back to 'default') per call. `deterministic` is what
+    `model.train()` / `model.eval()` set, as for nnx.Dropout.
+    """
+
+    def __init__(self, drop_prob: float, *, rng_collection: str = "dropout", deterministic: bool = False):
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
+        self.drop_prob = drop_prob
+        self.rng_collection = rng_collection
+        self.deterministic = deterministic
+
+    def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+        if self.deterministic or self.drop_prob == 0.0:
+            return x
+        if rngs is None:
+            raise DropPathError(f"stochastic depth in train mode draws from a {self.rng_collection!r} stream: "
+                                f"call model(x, rngs=nnx.Rngs({self.rng_collection}=key)), or model.eval() first")
+        keep_prob = 1.0 - self.drop_prob
+        keep = draw_keep_mask(rngs[self.rng_collection](), x.shape[0], keep_prob)
+        return drop_path(x, keep, keep_prob)

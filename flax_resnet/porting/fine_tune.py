@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from flax_resnet.core.initial_weights import initial_state_dict
-from flax_resnet.core.registry import classifier_prefix, full_kwargs
+from flax_resnet.core.registry import TRAINING_OPTIONS, classifier_prefix, full_kwargs
 from flax_resnet.porting.inference import Variant
 from flax_resnet.porting.sources import Source, SourceError, read_source, resolve_variant
 from flax_resnet.porting.state_dict import StateDictMismatchError
@@ -50,8 +50,9 @@ def open_init(config, channels: int):
     changes: dict[str, Any] = {}
     if config.model is None:
         changes["model"] = variant.name
+        # How the source was trained (its drop_path_rate) is not part of the variant: this run says.
         changes["model_options"] = {k: v for k, v in variant.kwargs.items()
-                                    if k not in ("num_classes", "in_channels")}
+                                    if k not in ("num_classes", "in_channels", *TRAINING_OPTIONS)}
         notes.append(f"model from the source: {variant.describe(brief=True)}")
     preprocessing = source.preprocessing
     if preprocessing is not None:

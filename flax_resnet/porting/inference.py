@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flax_resnet.core.files import InputError
-from flax_resnet.core.registry import MODELS, OPTION_CHOICES, full_kwargs
+from flax_resnet.core.registry import MODELS, OPTION_CHOICES, accepted_options, full_kwargs
 from flax_resnet.porting.state_dict import canonical_key
 
 # Options the weights cannot show; the variant's default is used and reported as assumed.
@@ -100,8 +100,8 @@ def infer_variant(state_dict: Mapping[str, Any], *, name: str | None = None,
 
 
 def _accepts(candidate: Variant, options: Mapping[str, Any]) -> bool:
-    spec = MODELS[candidate.name]
-    return all(key in spec.options and candidate.kwargs.get(key, value) == value
+    accepted = accepted_options(MODELS[candidate.name])
+    return all(key in accepted and candidate.kwargs.get(key, value) == value
                for key, value in options.items())
 
 

@@ -29,7 +29,7 @@ from flax_resnet.core.config import EMBEDDED_MNIST, PRESETS, ConfigError, TrainC
 from flax_resnet.core.data import Dataset, load_dataset
 from flax_resnet.core.files import atomic_file, write_json
 from flax_resnet.core.plan import prepare_run
-from flax_resnet.core.registry import MODELS, OPTION_CHOICES
+from flax_resnet.core.registry import MODELS, OPTION_CHOICES, accepted_options
 from flax_resnet.core.run.workdir import Workdir
 from flax_resnet.training import train
 from flax_resnet.training.device_transforms import eval_transform
@@ -128,7 +128,7 @@ def comparison_configs(models: list[str] | None, explicit: dict[str, Any], *, ex
     if recipe is not None and recipe not in PRESETS:
         raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(PRESETS)}")
     for key in OPTION_CHOICES:
-        if key in explicit and not any(key in MODELS[name].options for name in names):
+        if key in explicit and not any(key in accepted_options(MODELS[name]) for name in names):
             raise ConfigError(f"none of {', '.join(names)} takes the model option {key}")
     root = explicit.pop("workdir", None)
     recipe_values = _recipe(recipe, keep_dataset=True) if recipe else {}
@@ -140,7 +140,7 @@ def comparison_configs(models: list[str] | None, explicit: dict[str, Any], *, ex
             values.update(preset.embedded_settings)
         values.update(explicit)
         values = {key: value for key, value in values.items()
-                  if key not in OPTION_CHOICES or key in MODELS[name].options}
+                  if key not in OPTION_CHOICES or key in accepted_options(MODELS[name])}
         configs[name] = config_from_args(argparse.Namespace(**values, model=name))
     first = next(iter(configs.values()))
     if root is None:

@@ -37,6 +37,7 @@ from flax_resnet.training.step import (
     TrainState,
     batch_sharded,
     data_mesh,
+    frozen_bn_graphdef,
     jit_eval_step,
     jit_train_step,
     merge_model,
@@ -108,9 +109,10 @@ class Backend:
         self.config, self.setup = config, setup
         tx, schedule = make_optimizer(config, setup.plan, self.model)
         graphdef, self.eval_graphdef, state = split_model(self.model, tx)
-        # Frozen BatchNorm: the train step runs the eval-mode graph (running statistics, no updates).
-        frozen_bn = config.freeze_bn or config.freeze_backbone
-        self.train_step = jit_train_step(self.eval_graphdef if frozen_bn else graphdef, tx, self.mesh,
+        # Frozen BatchNorm: the train step's BatchNorms run in eval mode (running statistics, no updates).
+        if config.freeze_bn or config.freeze_backbone:
+            graphdef = frozen_bn_graphdef(self.model)
+        self.train_step = jit_train_step(graphdef, tx, self.mesh,
                                          augment=setup.augment, precision=config.precision,
                                          label_smoothing=config.label_smoothing, loss=config.loss,
                                          bce_target_threshold=config.bce_target_threshold, tf32=config.tf32)

@@ -24,9 +24,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from flax_resnet.core.augment import AugmentSpec
 from flax_resnet.core.config import ConfigError
 from flax_resnet.models import xla_cpu
+from flax_resnet.models.layers import DropPath
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 from flax_resnet.training.losses import train_losses
 from flax_resnet.training.mixing import mix_for_step
+from flax_resnet.training.stochastic_depth import step_dropout_key
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -50,6 +52,16 @@ def split_model(model: nnx.Module, tx: optax.GradientTransformation):
     return train_graphdef, eval_graphdef, state
 
 
+def frozen_bn_graphdef(model: nnx.Module):
+    """The graphdef of a train step with frozen BatchNorm (running statistics, no updates) whose
+    stochastic depth still drops, as torch_ref's step puts only its BatchNorms in eval mode.
+    Leaves the model in eval mode."""
+    model.set_attributes(use_running_average=True, deterministic=False, raise_if_not_found=False)
+    graphdef = nnx.split(model, nnx.Param, ...)[0]
+    model.eval()
+    return graphdef
+
+
 def merge_model(eval_graphdef, state: TrainState) -> nnx.Module:
     """The model (eval mode) holding a TrainState's parameters and statistics."""
     return nnx.merge(eval_graphdef, state.params, state.batch_stats)
@@ -67,13 +79,22 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def _random_streams(model: nnx.Module, key) -> dict:
+    """{'rngs': a 'dropout' stream from `key`} for a model with stochastic depth (`DropPath`);
+    {} for the others, which take no rngs."""
+    if any(isinstance(module, DropPath) for _, module in nnx.iter_modules(model)):
+        return {"rngs": nnx.Rngs(dropout=key)}
+    return {}
+
+
 def train_step(graphdef, state: TrainState, batch, rng, *, tx, augment: AugmentSpec, precision: str,
                label_smoothing: float, loss: str = "cross_entropy", bce_target_threshold: float | None = None):
     """One step: augment, forward in the compute dtype, backward, optimizer update, new BN statistics.
 
     batch: {'image': uint8 NHWC, 'label': int32}. rng: the run's base key; this step's key is
-    folded from `state.step`, so a resumed run draws the same augmentation. Returns
-    (new state, {'loss', 'correct', 'count'}) with sums over the batch.
+    folded from `state.step`, so a resumed run draws the same augmentation (and the same
+    stochastic-depth masks, from the step's 'dropout' key, `stochastic_depth.step_dropout_key`).
+    Returns (new state, {'loss', 'correct', 'count'}) with sums over the batch.
     """
     dtype = COMPUTE_DTYPES[precision]
     labels, targets = batch["label"], None
@@ -83,12 +104,13 @@ def train_step(graphdef, state: TrainState, batch, rng, *, tx, augment: AugmentS
         images = train_transform(jax.random.fold_in(rng, state.step), batch["image"], augment, jnp.float32)
         images, targets = mix_for_step(rng, state.step, images, labels, augment.mixing)
         images = images.astype(dtype)
+    dropout_key = step_dropout_key(rng, state.step)
 
     def loss_fn(params):
         # bf16: the matmuls and convs see bf16 copies; gradients flow back to the fp32 originals.
         # copy=True: fresh Variables belonging to this trace, so BatchNorm may update them here.
         model = nnx.merge(graphdef, _cast_floating(params, dtype), state.batch_stats, copy=True)
-        logits = model(images).astype(jnp.float32)
+        logits = model(images, **_random_streams(model, dropout_key)).astype(jnp.float32)
         losses = train_losses(logits, labels, targets, loss=loss, label_smoothing=label_smoothing,
                               target_threshold=bce_target_threshold)
         new_batch_stats = nnx.split(model, nnx.Param, ...)[2]

@@ -2,8 +2,9 @@
 
 1. `flax_resnet.core` is neutral: its files import neither JAX nor torch (nor any flax_resnet module
    outside the core, nor torch_ref), and importing every core module loads neither.
-2. `torch_ref` is torch code: from flax_resnet it imports only the core, plus the JAX pixel
-   transforms its trainer shares so both frameworks see the same pixels; it never loads Flax,
+2. `torch_ref` is torch code: from flax_resnet it imports only the core, plus the JAX random
+   draws its trainer shares so both frameworks see the same pixels and drop the same residual
+   branches; it never loads Flax,
    and its models load no JAX at all.
 3. The Flax side runs without torch: its models, trainer and studies never load torch or torch_ref;
    only porting and evaluation, which read torch's files and compare with the twin, may.
@@ -27,8 +28,10 @@ from parity_tests.helpers.scripts import REPO
 JAX_ROOTS = ("jax", "jaxlib", "flax", "optax", "orbax")
 TORCH_ROOTS = ("torch", "torchvision", "torch_ref")
 # What torch_ref may take from flax_resnet besides the core: the pixels (and mixed targets) both
-# trainers compute, so both frameworks train on the very same batches.
-SHARED_PIXELS = ("flax_resnet.training.device_transforms", "flax_resnet.training.mixing")
+# trainers compute, so both frameworks train on the very same batches, and the stochastic-depth
+# masks, so both drop the very same residual branches.
+SHARED_PIXELS = ("flax_resnet.training.device_transforms", "flax_resnet.training.mixing",
+                 "flax_resnet.training.stochastic_depth")
 # The Flax packages that may use torch: they read torch's files and compare with the twin.
 TORCH_READERS = ("flax_resnet.porting", "flax_resnet.evaluation")
 

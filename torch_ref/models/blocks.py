@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_ref.models.layers import AvgPool, BatchNorm, conv
+from torch_ref.models.layers import AvgPool, BatchNorm, DropPath, conv
 
 
 class ZeroPadShortcut(nn.Module):
@@ -69,6 +69,11 @@ def make_attention(kind, channels):
     raise ValueError(f"unknown attention {kind!r}; choose None or 'se'")
 
 
+def make_drop_path(drop_prob: float):
+    """The block's stochastic depth on its residual branch, before the add: None at rate 0 (as timm)."""
+    return DropPath(drop_prob) if drop_prob > 0.0 else None
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34 and the CIFAR nets). `shortcut=None` makes it a plain block.
 
@@ -78,7 +83,7 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
-                 attention=None):
+                 attention=None, drop_path_rate=0.0):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
@@ -88,6 +93,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv(planes, planes, 3)
         self.bn2 = BatchNorm(planes)
         self.se = make_attention(attention, planes)
+        self.drop_path = make_drop_path(drop_path_rate)
         self.downsample = make_shortcut(shortcut, in_channels, planes, stride)
 
     def last_bn(self):
@@ -98,6 +104,8 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if self.se is not None:
             out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return F.relu(out)
@@ -112,7 +120,7 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
-                 attention=None):
+                 attention=None, drop_path_rate=0.0):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         out_channels = planes * self.expansion
@@ -124,6 +132,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv(width, out_channels, 1, padding=0)
         self.bn3 = BatchNorm(out_channels)
         self.se = make_attention(attention, out_channels)
+        self.drop_path = make_drop_path(drop_path_rate)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
 
     def last_bn(self):
@@ -135,6 +144,8 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return F.relu(out)
@@ -146,7 +157,7 @@ class PreActBasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
-                 attention=None):
+                 attention=None, drop_path_rate=0.0):
         super().__init__()
         if groups != 1 or base_width != 64 or attention is not None:
             raise ValueError("PreActBasicBlock supports only groups=1, base_width=64, no attention")
@@ -155,12 +166,15 @@ class PreActBasicBlock(nn.Module):
         self.bn2 = BatchNorm(planes)
         self.conv2 = conv(planes, planes, 3)
         self.downsample = make_shortcut(shortcut, in_channels, planes, stride, norm=False)
+        self.drop_path = make_drop_path(drop_path_rate)
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
         identity = x if self.downsample is None else self.downsample(out)
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         return out + identity
 
 
@@ -170,7 +184,7 @@ class PreActBottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_channels, planes, stride=1, *, shortcut="B", groups=1, base_width=64,
-                 attention=None):
+                 attention=None, drop_path_rate=0.0):
         super().__init__()
         if attention is not None:
             raise ValueError("PreActBottleneck has no attention")
@@ -183,6 +197,7 @@ class PreActBottleneck(nn.Module):
         self.bn3 = BatchNorm(width)
         self.conv3 = conv(width, out_channels, 1, padding=0)
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, norm=False)
+        self.drop_path = make_drop_path(drop_path_rate)
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
@@ -190,6 +205,8 @@ class PreActBottleneck(nn.Module):
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         out = self.conv3(F.relu(self.bn3(out)))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         return out + identity
 
 

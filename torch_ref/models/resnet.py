@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from torch_ref.models.layers import BatchNorm, conv, global_avg_pool, linear, max_pool
+from torch_ref.models.layers import BatchNorm, conv, drop_path_rates, global_avg_pool, linear, max_pool
 
 
 class ResNet(nn.Module):
@@ -17,7 +17,7 @@ class ResNet(nn.Module):
     def __init__(self, block, layers, *, widths=(64, 128, 256, 512), num_classes=1000,
                  in_channels=3, stem="imagenet", maxpool=True, stem_width=64,
                  deep_stem_widths=(32, 32), shortcut="B", groups=1, base_width=64, attention=None,
-                 preact=False, zero_init_residual=False):
+                 preact=False, zero_init_residual=False, drop_path_rate=0.0):
         super().__init__()
         if stem == "imagenet":
             self.conv1 = conv(in_channels, stem_width, 7, stride=2)
@@ -33,13 +33,17 @@ class ResNet(nn.Module):
         self.bn1 = None if preact else BatchNorm(stem_width)
         self.maxpool = maxpool
         channels = stem_width
+        if drop_path_rate and shortcut is None:
+            raise ValueError("stochastic depth drops residual branches; a plain net (shortcut=None) has none")
+        block_rates = iter(drop_path_rates(drop_path_rate, sum(layers)))
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))
         for index, (name, planes, depth) in enumerate(zip(self.stage_names, widths, layers)):
             blocks = []
             for block_index in range(depth):
                 stride = 2 if index > 0 and block_index == 0 else 1
                 blocks.append(block(channels, planes, stride, shortcut=shortcut, groups=groups,
-                                    base_width=base_width, attention=attention))
+                                    base_width=base_width, attention=attention,
+                                    drop_path_rate=next(block_rates)))
                 channels = planes * block.expansion
             setattr(self, name, nn.Sequential(*blocks))
         self.final_bn = BatchNorm(channels) if preact else None

@@ -1,8 +1,9 @@
 """The torch trainer, the twin of `flax_resnet.training.loop`: the torch half of a run whose story
 is `flax_resnet.core.run.skeleton.run`, so both write the same files in the workdir.
 
-It uses JAX (not Flax) for one thing: the augmentation, so that both trainers compute the very
-same pixels.
+It uses JAX (not Flax) for one thing: the random draws of a step (the augmentation, and the
+stochastic-depth masks), so that both trainers compute the very same pixels and drop the very
+same residual branches.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from flax_resnet.core.run.skeleton import run
 from flax_resnet.core.run.workdir import check_finite, live_metrics, progress_bar
 from flax_resnet.training.device_transforms import eval_transform, train_transform
 from flax_resnet.training.mixing import mix_for_step
+from flax_resnet.training.stochastic_depth import step_keep_masks
 from torch_ref.training.ema import ExponentialMovingAverage, update_after_step
 from torch_ref.training.optim import make_optimizer
 from torch_ref.training.run_checkpoints import RunCheckpoints
-from torch_ref.training.step import eval_step, select_device, set_tf32, train_step
+from torch_ref.training.step import drop_paths, eval_step, select_device, set_tf32, train_step
 
 
 class Backend:
@@ -72,6 +74,8 @@ class Backend:
         self.rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), AUGMENT_STREAM), self.host)
         self.augment_steps, self.prepare_eval = jitted_transforms(setup.augment)
         self.ema = ExponentialMovingAverage(self.model, run_decay(config), self.device) if config.model_ema else None
+        keep_probs = tuple(1.0 - layer.drop_prob for layer in drop_paths(self.model))
+        self.keep_masks = jitted_keep_masks(keep_probs, config.batch_size) if keep_probs else None
         return schedule
 
     def checkpoints(self, workdir, keep: int, *, steps_per_epoch: int, warn) -> RunCheckpoints:
@@ -100,7 +104,7 @@ class Backend:
         self._step, totals, seconds = train_epoch(
             self.model, self.optimizer, self.schedule, self.augment_steps, self.rng, data, self.config, epoch,
             self._step, last_good=last_good, run_dir=run_dir, start=resumed.steps_done if resumed else 0,
-            totals=dict(resumed.totals) if resumed else None, on_step=after_step)
+            totals=dict(resumed.totals) if resumed else None, on_step=after_step, keep_masks=self.keep_masks)
         return totals, seconds
 
     def evaluate(self, data: TrainingData) -> dict[str, float]:
@@ -153,10 +157,11 @@ def state_shapes(config: TrainConfig, setup: RunSetup) -> dict[str, tuple[int, .
 
 def train_epoch(model, optimizer, schedule, augment_steps, rng, data: TrainingData, config: TrainConfig,
                 epoch: int, step: int, *, last_good: str | None, run_dir, start: int = 0, totals=None,
-                on_step=None):
+                on_step=None, keep_masks=None):
     """One pass over the shuffled training set, from batch `start` on (`totals`: the sums of the
     batches before it). `on_step(steps_done, totals, metrics, position)` runs after every step;
-    `position` is the data's resumable position (`EpochBatches.state_at`).
+    `position` is the data's resumable position (`EpochBatches.state_at`). `keep_masks`: a model
+    with stochastic depth applies the Flax step's masks (`jitted_keep_masks`; None: no DropPath).
     Returns (step, metric sums, seconds); the sums include `skipped_images`, the undecodable
     images replaced (in the batches from `start` on).
 
@@ -170,16 +175,17 @@ def train_epoch(model, optimizer, schedule, augment_steps, rng, data: TrainingDa
         totals = {key: torch.tensor(float(value), device=device) for key, value in totals.items()}
     sums = _host(totals) if totals is not None else None
     start_time, last_refresh = time.perf_counter(), 0.0
-    prepared = prepare_batches(augment_steps, rng, batches, step)  # on the CPU, where `rng` is
+    prepared = prepare_batches(augment_steps, rng, batches, step, keep_masks)  # on the CPU, where `rng` is
     with batches, progress_bar(steps, epoch, config.epochs, config.progress) as bar:
         bar.update(start)
-        for index, (images, labels, targets) in enumerate(prefetch_to(device, prepared), start + 1):
+        for index, (images, labels, targets, masks) in enumerate(prefetch_to(device, prepared), start + 1):
             update = step // config.grad_accum if (step + 1) % config.grad_accum == 0 else None
             metrics = train_step(model, optimizer, images, labels, schedule=schedule, update=update,
                                  grad_accum=config.grad_accum, precision=config.precision,
                                  label_smoothing=config.label_smoothing,
                                  freeze_bn=config.freeze_bn or config.freeze_backbone, targets=targets,
-                                 loss=config.loss, bce_target_threshold=config.bce_target_threshold)
+                                 loss=config.loss, bce_target_threshold=config.bce_target_threshold,
+                                 keep_masks=masks)
             step += 1
             totals = metrics if totals is None else {key: totals[key] + metrics[key] for key in totals}
             now = time.perf_counter()
@@ -247,9 +253,19 @@ def jitted_transforms(spec):
     return jax.jit(augment_steps), jax.jit(functools.partial(eval_transform, spec=spec))
 
 
-def prepare_batches(augment_steps, rng, batches, first_step: int):
-    """Yield (NCHW images, int64 labels, soft targets or None) for each batch of the epoch, a chunk of
-    steps at a time."""
+@functools.lru_cache(maxsize=8)
+def jitted_keep_masks(keep_probs: tuple[float, ...], batch_size: int):
+    """keep_masks(rng, steps[k]) -> bool (k, DropPaths, batch_size): the stochastic-depth masks
+    the Flax step draws at those steps, for DropPaths of these keep probabilities (call order)."""
+    def keep_masks(rng, steps):
+        return jax.vmap(lambda step: step_keep_masks(rng, step, batch_size, keep_probs))(steps)
+
+    return jax.jit(keep_masks)
+
+
+def prepare_batches(augment_steps, rng, batches, first_step: int, keep_masks=None):
+    """Yield (NCHW images, int64 labels, soft targets or None, stochastic-depth masks or None) for
+    each batch of the epoch, a chunk of steps at a time."""
     chunk_steps, done = None, 0
     while True:
         chunk = list(itertools.islice(batches, chunk_steps or 1))
@@ -262,10 +278,13 @@ def prepare_batches(augment_steps, rng, batches, first_step: int):
                                         np.stack([batch["label"] for batch in chunk]))
         pixels = np.asarray(pixels)
         targets = [None] * len(chunk) if targets is None else np.asarray(targets)
+        steps = first_step + done + np.arange(len(chunk), dtype=np.int32)
+        masks = [None] * len(chunk) if keep_masks is None else np.asarray(keep_masks(rng, steps))
         done += len(chunk)
-        for images, batch, mixed in zip(pixels, chunk, targets):
+        for images, batch, mixed, keep in zip(pixels, chunk, targets, masks):
             yield (_nchw(images), torch.from_numpy(batch["label"].astype(np.int64)),
-                   None if mixed is None else torch.from_numpy(np.array(mixed)))
+                   None if mixed is None else torch.from_numpy(np.array(mixed)),
+                   None if keep is None else torch.from_numpy(np.array(keep)))
 
 
 def _nchw(images) -> torch.Tensor:

@@ -8,10 +8,13 @@ that device, so a loop can add them up without waiting for each step.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from flax_resnet.core.config import ConfigError
+from torch_ref.models.layers import DropPath
 from torch_ref.training.losses import train_losses
 from torch_ref.training.optim import set_hyperparameters
 
@@ -38,9 +41,40 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def drop_paths(model) -> list[DropPath]:
+    """The model's stochastic-depth layers in module order, which is the order a ResNet calls them."""
+    return [module for module in model.modules() if isinstance(module, DropPath)]
+
+
+@contextlib.contextmanager
+def given_keep_masks(model, keep_masks):
+    """Inside, one forward pass of `model` applies the rows of `keep_masks` (one per DropPath, in
+    `drop_paths` order; a value per sample) instead of drawing from torch's generator: the Flax
+    step's draws (`flax_resnet.training.stochastic_depth.step_keep_masks`). None: nothing given.
+    Raises ValueError when the rows do not fit the model, RuntimeError when a forward pass left
+    one unused."""
+    if keep_masks is None:
+        yield
+        return
+    layers = drop_paths(model)
+    if len(keep_masks) != len(layers):
+        raise ValueError(f"{len(keep_masks)} keep masks for the model's {len(layers)} DropPath layers")
+    for layer, keep in zip(layers, keep_masks):
+        layer.keep = keep
+    try:
+        yield
+        unused = sum(layer.keep is not None for layer in layers)
+        if unused:
+            raise RuntimeError(f"the forward pass left {unused} of {len(layers)} keep masks unused")
+    finally:
+        for layer in layers:
+            layer.keep = None
+
+
 def train_step(model, optimizer, images, labels, *, schedule, update: int | None, grad_accum: int = 1,
                precision: str = "fp32", label_smoothing: float = 0.0, freeze_bn: bool = False, targets=None,
-               loss: str = "cross_entropy", bce_target_threshold: float | None = None) -> dict[str, torch.Tensor]:
+               loss: str = "cross_entropy", bce_target_threshold: float | None = None,
+               keep_masks=None) -> dict[str, torch.Tensor]:
     """Forward and backward of one batch, then optimizer update number `update` with its lr and
     momentum from `schedule` (None: accumulate the gradient only).
 
@@ -48,15 +82,16 @@ def train_step(model, optimizer, images, labels, *, schedule, update: int | None
     the mean gradient of k batches (as optax.MultiSteps). BatchNorm statistics move every batch,
     unless `freeze_bn`: then BatchNorm normalizes with its running statistics and keeps them.
     `targets`: the soft targets of a mixed batch (None: the int `labels`); `loss` as
-    `losses.train_losses`. Returns {'loss', 'correct', 'count'}: sums over the batch, 0-d tensors
-    on the images' device.
+    `losses.train_losses`. `keep_masks`: the stochastic-depth masks to apply (`given_keep_masks`;
+    None: drawn from torch's generator). Returns {'loss', 'correct', 'count'}: sums over the batch,
+    0-d tensors on the images' device.
     """
     model.train()
     if freeze_bn:
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.eval()
-    with autocast(images.device, precision):
+    with autocast(images.device, precision), given_keep_masks(model, keep_masks):
         logits = model(images)
     logits = logits.float()
     losses = train_losses(logits, labels, targets, loss=loss, label_smoothing=label_smoothing,

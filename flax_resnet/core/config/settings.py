@@ -107,6 +107,11 @@ class TrainConfig:
                                        "becomes 0 (0: off)", DATA, type=float, metavar="P")
     flip: bool | None = setting(None, "random horizontal flips (none: for colour images, not for digits and "
                                       "clothing)", DATA, kind=BOOLEAN)
+    ra_sampler: bool = setting(False, "repeated augmentation (torchvision's RASampler): an epoch shows the "
+                                      "training set's size rounded down to 256 images, ra_reps augmented copies "
+                                      "of each chosen one, sharded across the processes", DATA, kind=BOOLEAN)
+    ra_reps: int = setting(3, "with --ra-sampler: the copies of each image an epoch shows", DATA, type=int,
+                           metavar="N")
 
     # --- optimization
     epochs: int = setting(15, "total epochs; re-running a finished workdir with a larger value continues it",
@@ -157,6 +162,9 @@ class TrainConfig:
     model_ema_decay: float = setting(0.99998, "the average's decay per image seen, adjusted as torchvision's for "
                                               "the batch size, --model-ema-steps and the epochs", OPTIM, type=float,
                                      metavar="DECAY")
+    drop_path_rate: float = setting(0.0, "stochastic depth (timm's ResNet): in training, block i of n skips its "
+                                         "residual branch for an image with probability RATE * i / (n - 1) (0: off; "
+                                         "residual nets only)", OPTIM, type=float, metavar="RATE")
     grad_accum: int = setting(1, "micro-steps whose mean gradient makes one optimizer update", OPTIM, type=int)
     precision: str = setting("fp32", "bf16: bfloat16 compute, parameters, optimizer state and BN statistics stay "
                                      "fp32; auto: bf16 on a GPU or TPU, fp32 on the CPU", OPTIM, choices=PRECISIONS)

@@ -20,7 +20,7 @@ from flax_resnet.core.config.settings import (
     ConfigError,
     TrainConfig,
 )
-from flax_resnet.core.registry import resolve
+from flax_resnet.core.registry import MODELS, accepted_options, resolve
 
 
 def _choices(values) -> str:
@@ -83,6 +83,15 @@ def validate(config: TrainConfig) -> None:
     _require(not (mixing and config.loss == "bce" and config.mixup_mode == "torchvision" and config.label_smoothing),
              "bce with torchvision-style mixing takes no label_smoothing (timm smooths inside the mixed targets: "
              "mixup_mode timm)")
+    _require(_is_number(config.drop_path_rate) and 0 <= config.drop_path_rate < 1,
+             f"drop_path_rate must be in [0, 1), got {config.drop_path_rate!r}")
+    _require("drop_path_rate" not in config.model_options,
+             "give drop_path_rate as a setting of its own (--drop-path-rate), not among the model options")
+    if config.model is not None:
+        check_drop_path(config.model, config.drop_path_rate)
+    _require(isinstance(config.ra_sampler, bool), f"ra_sampler must be true or false, got {config.ra_sampler!r}")
+    _require(_is_int(config.ra_reps) and config.ra_reps >= 1,
+             f"ra_reps must be a positive integer, got {config.ra_reps!r}")
     _require(config.interpolation in INTERPOLATIONS,
              f"unknown interpolation {config.interpolation!r}; choose from {_choices(INTERPOLATIONS)}")
     _require(config.device in DEVICES, f"unknown device {config.device!r}; choose from {_choices(DEVICES)}")
@@ -150,6 +159,15 @@ def validate(config: TrainConfig) -> None:
     _require(config.std is None or all(v > 0 for v in config.std), f"std must be positive, got {config.std!r}")
     _require((config.mean is None) == (config.std is None), "give mean and std together, or neither")
     _validate_processes(config)
+
+
+def check_drop_path(model: str, drop_path_rate: float) -> None:
+    """Refuse stochastic depth for a variant without residual branches to drop. Raises ConfigError."""
+    if drop_path_rate and "drop_path_rate" not in accepted_options(MODELS[model]):
+        takers = [name for name, spec in MODELS.items() if "drop_path_rate" in accepted_options(spec)]
+        examples = ", ".join(name for name in ("resnet18", "resnet20", "preact_resnet18") if name in takers)
+        raise ConfigError(f"{model} takes no drop_path_rate: stochastic depth drops residual branches, which only "
+                          f"the {len(takers)} residual nets of the resnet and preact families have (e.g. {examples})")
 
 
 def _validate_processes(config: TrainConfig) -> None:

@@ -8,6 +8,8 @@ holds the examples `sampling.epoch_order(seed, epoch, train_count, batch_size)[s
 partial last batch dropped). With several processes, process `i` of `n` gets the contiguous part
 `[i * b / n, (i + 1) * b / n)` of every global batch, so the processes together read each
 example of the epoch exactly once, and each process's batches have batch_size / n images.
+With repeated augmentation (`ra_reps`, torchvision's RASampler) the order is that sampler's,
+sharded across the n processes (`sampling.epoch_order`): each chosen example ra_reps times.
 Evaluation batches cover the held-out set in order; the last is padded and has `mask` 0 there.
 """
 
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from flax_resnet.core.data.common import DataError
+from flax_resnet.core.data.sampling import sampler_identity, steps_per_epoch
 
 __all__ = ["Batches", "EpochBatches", "ProcessShard", "TrainingData"]
 
@@ -87,10 +90,11 @@ class EpochBatches(Batches):
     """One epoch's training batches from `start_step` on, with a resumable position.
 
     `state()` after k batches of epoch e were taken (counting from step 0, whatever the start) is
-    `{"epoch": e, "step": k, "seed", "batch_size", "train_count"}`: JSON-ready, and all a resumption
-    needs, since a batch (its examples and their augmentation) is a pure function of seed, epoch
-    and step. `TrainingData.resume(state)` yields exactly the batches an uninterrupted pass had
-    left. Worker processes and prefetch buffers hold nothing that the position does not determine.
+    `{"epoch": e, "step": k, "seed", "batch_size", "train_count"}` (with repeated augmentation also
+    "ra_reps" and "world_size"): JSON-ready, and all a resumption needs, since a batch (its
+    examples and their augmentation) is a pure function of seed, epoch and step.
+    `TrainingData.resume(state)` yields exactly the batches an uninterrupted pass had left. Worker
+    processes and prefetch buffers hold nothing that the position does not determine.
     """
 
     def __init__(self, batches: Iterator[dict], *, epoch: int, start_step: int, steps_per_epoch: int,
@@ -123,6 +127,7 @@ class TrainingData(abc.ABC):
     class_names: tuple[str, ...] | None
     streamed: bool
     shard: ProcessShard  # the process whose part of each batch this object yields
+    ra_reps: int | None = None  # repeated augmentation's copies of each image (None: a plain shuffle)
 
     @property
     @abc.abstractmethod
@@ -155,9 +160,12 @@ class TrainingData(abc.ABC):
 
     def details(self) -> dict[str, Any]:
         """What config.json records about the data."""
-        return {"name": self.name, "source": self.source, "train_images": self.train_count,
-                "test_images": self.test_count, "image_shape": list(self.image_shape),
-                "classes": None if self.class_names is None else list(self.class_names)}
+        details = {"name": self.name, "source": self.source, "train_images": self.train_count,
+                   "test_images": self.test_count, "image_shape": list(self.image_shape),
+                   "classes": None if self.class_names is None else list(self.class_names)}
+        if self.ra_reps is not None:
+            details["sampler"] = {"kind": "repeated_augmentation", **self.sampler_identity()}
+        return details
 
     def describe(self) -> str:
         """One line: name, source, sizes."""
@@ -169,15 +177,29 @@ class TrainingData(abc.ABC):
         """Release what reading holds (a streamed dataset's worker processes)."""
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        return self.train_count // batch_size
+        """Global batches of `batch_size` in an epoch (`sampling.steps_per_epoch`)."""
+        return steps_per_epoch(self.train_count, batch_size, ra_reps=self.ra_reps, world_size=self.shard.count)
+
+    def sampler_identity(self) -> dict[str, int]:
+        """What the position records about the order beyond its seed (`sampling.sampler_identity`)."""
+        return sampler_identity(self.ra_reps, self.shard.count)
 
     def check_position(self, state: dict[str, int]) -> None:
         """Raise DataError if an `EpochBatches.state()` belongs to other data (another training-set
-        size): resuming there would not read the batches the interrupted run had left."""
+        size) or another order (repeated augmentation over another number of processes):
+        resuming there would not read the batches the interrupted run had left."""
         if state.get("train_count") != self.train_count:
             raise DataError(f"the run was interrupted reading {state.get('train_count')} training images, "
                             f"and {self.name} ({self.source}) now has {self.train_count}; resume with the "
                             f"same data, or start a new run in another --workdir")
+        recorded = {key: state[key] for key in ("ra_reps", "world_size") if key in state}
+        if recorded != self.sampler_identity():
+            def order(identity):
+                return (f"repeated augmentation x{identity['ra_reps']} over {identity['world_size']} process(es)"
+                        if identity else "a plain shuffle")
+            raise DataError(f"the run was interrupted in an epoch ordered by {order(recorded)}, and this run "
+                            f"orders it by {order(self.sampler_identity())}; resume with the same --ra-reps and "
+                            f"number of processes")
 
     def resume(self, state: dict[str, int]) -> EpochBatches:
         """The rest of the epoch an `EpochBatches.state()` describes (`check_position` first)."""
@@ -186,5 +208,6 @@ class TrainingData(abc.ABC):
                                   start_step=state["step"])
 
 
-def position_identity(seed: int, batch_size: int, train_count: int) -> dict[str, int]:
-    return {"seed": seed, "batch_size": batch_size, "train_count": train_count}
+def position_identity(seed: int, batch_size: int, train_count: int, sampler: dict[str, int] | None = None
+                      ) -> dict[str, int]:
+    return {"seed": seed, "batch_size": batch_size, "train_count": train_count, **(sampler or {})}

@@ -10,6 +10,10 @@ The position contract (what a mid-epoch checkpoint stores and restores)
   `sampling.epoch_order(seed, epoch, train_count, batch_size)[step]`, and example `i`'s random
   crop and flip in epoch `e` come from `numpy.random.default_rng([seed, HOST_AUGMENT_STREAM, e, i])`.
   Neither depends on the number of workers, their prefetching, or the number of processes.
+  With repeated augmentation (`ra_reps`) an example comes several times an epoch, each copy
+  augmented apart: the copy at place `p` of the epoch's order (step * batch_size + its place in
+  the global batch) draws from `default_rng([seed, HOST_AUGMENT_STREAM, e, i, p])`. That order
+  is torchvision's RASampler sharded across the processes, so it does depend on their number.
 - Process `i` of `n` (`TrainingData.shard`) reads only its contiguous part of each global batch
   (`base.ProcessShard.part`): the processes together read the epoch's examples exactly once.
 - `EpochBatches.state()` is `{"epoch", "step", "seed", "batch_size", "train_count"}` (JSON-ready)
@@ -48,7 +52,7 @@ import numpy as np
 from flax_resnet.core.augment import channel_statistics
 from flax_resnet.core.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
 from flax_resnet.core.data.common import DataError
-from flax_resnet.core.data.sampling import epoch_order
+from flax_resnet.core.data.sampling import epoch_order, steps_per_epoch
 from flax_resnet.core.data.transforms import HostTransforms, decode_image
 
 __all__ = ["HOST_AUGMENT_STREAM", "IMAGENET_MEAN", "IMAGENET_STD", "StreamedDataset", "default_workers"]
@@ -76,10 +80,12 @@ class StreamedDataset(TrainingData):
     streamed = True
 
     def __init__(self, *, name: str, source: str, train, test, num_classes: int, class_names, transforms:
-                 HostTransforms, workers: int, shard: ProcessShard = ProcessShard(), info: dict | None = None):
+                 HostTransforms, workers: int, shard: ProcessShard = ProcessShard(), info: dict | None = None,
+                 ra_reps: int | None = None):
         self.name, self.source, self.num_classes = name, source, num_classes
         self.class_names = None if class_names is None else tuple(class_names)
         self.train, self.test, self.transforms, self.workers, self.shard = train, test, transforms, workers, shard
+        self.ra_reps = ra_reps
         self.info = dict(info or {})
         self._streams: dict[str, Stream] = {}
 
@@ -114,15 +120,15 @@ class StreamedDataset(TrainingData):
                 "workers": self.workers}
 
     def train_batches(self, epoch: int, *, seed: int, batch_size: int, start_step: int = 0) -> EpochBatches:
-        steps = self.train_count // batch_size
+        steps = self.steps_per_epoch(batch_size)
         if not 0 <= start_step <= steps:
             raise ValueError(f"start_step {start_step} is outside the epoch's {steps} steps")
         position = epoch * steps + start_step  # batches of the run before this one
         stream = self._stream("train", (seed, batch_size), position, lambda: TrainBatchSource(
             ExampleReader(self.train, self.transforms), seed=seed, batch_size=batch_size, first=position,
-            part=self.shard.part(batch_size)))
-        return EpochBatches(stream.take(steps - start_step), epoch=epoch, start_step=start_step,
-                            steps_per_epoch=steps, identity=position_identity(seed, batch_size, self.train_count))
+            part=self.shard.part(batch_size), ra_reps=self.ra_reps, world_size=self.shard.count))
+        return EpochBatches(stream.take(steps - start_step), epoch=epoch, start_step=start_step, steps_per_epoch=steps,
+                            identity=position_identity(seed, batch_size, self.train_count, self.sampler_identity()))
 
     def eval_batches(self, batch_size: int) -> Batches:
         passes = math.ceil(self.test_count / batch_size)
@@ -199,9 +205,11 @@ class TrainBatchSource:
     """Element g: this process's part of the run's batch `first + g`, counting every epoch's steps
     from epoch 0 step 0 (an endless sequence: the stream runs from one epoch into the next)."""
 
-    def __init__(self, reader: ExampleReader, *, seed: int, batch_size: int, first: int, part: slice):
+    def __init__(self, reader: ExampleReader, *, seed: int, batch_size: int, first: int, part: slice,
+                 ra_reps: int | None = None, world_size: int = 1):
         self.reader, self.seed, self.batch_size, self.first, self.part = reader, seed, batch_size, first, part
-        self.steps = len(reader.source) // batch_size
+        self.ra_reps, self.world_size = ra_reps, world_size
+        self.steps = steps_per_epoch(len(reader.source), batch_size, ra_reps=ra_reps, world_size=world_size)
         self._orders: dict[int, np.ndarray] = {}  # computed where they are used (in each worker), not pickled
 
     def __getstate__(self):
@@ -212,16 +220,20 @@ class TrainBatchSource:
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
-            self._orders = {epoch: epoch_order(self.seed, epoch, len(self.reader.source), self.batch_size)}
+            self._orders = {epoch: epoch_order(self.seed, epoch, len(self.reader.source), self.batch_size,
+                                               ra_reps=self.ra_reps, world_size=self.world_size)}
         return self._orders[epoch]
 
     def __getitem__(self, g: int) -> dict[str, np.ndarray]:
         epoch, step = divmod(self.first + g, self.steps)
         indices = self._order(epoch)[step, self.part]
+        places = step * self.batch_size + np.arange(self.batch_size)[self.part]  # in the epoch's order
         images = _empty_batch(len(indices), self.reader.transforms, self.reader.transforms.train_crop)
         labels, skipped = np.empty(len(indices), np.int32), np.empty(len(indices), np.int32)
-        for j, index in enumerate(indices):
-            rng = np.random.default_rng([self.seed, HOST_AUGMENT_STREAM, epoch, int(index)])
+        for j, (index, place) in enumerate(zip(indices, places)):
+            # A repeated example's copies are augmented apart, each by its place in the order.
+            copy = () if self.ra_reps is None else (int(place),)
+            rng = np.random.default_rng([self.seed, HOST_AUGMENT_STREAM, epoch, int(index), *copy])
             images[j], labels[j], skipped[j] = self.reader.train_example(int(index), rng)
         return {"image": images, "label": labels, "index": indices.astype(np.int64), "skipped": skipped}
 

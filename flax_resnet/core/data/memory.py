@@ -45,6 +45,7 @@ class Dataset(TrainingData):
     num_classes: int
     class_names: tuple[str, ...] | None = None
     shard: ProcessShard = ProcessShard()
+    ra_reps: int | None = None  # repeated augmentation's copies of each image (None: a plain shuffle)
 
     streamed = False
 
@@ -66,13 +67,14 @@ class Dataset(TrainingData):
         return mean, std, f"measured on the {self.train_count} training images"
 
     def train_batches(self, epoch: int, *, seed: int, batch_size: int, start_step: int = 0) -> EpochBatches:
-        order = epoch_order(seed, epoch, self.train_count, batch_size)
+        order = epoch_order(seed, epoch, self.train_count, batch_size, ra_reps=self.ra_reps,
+                            world_size=self.shard.count)
         local = order[start_step:, self.shard.part(batch_size)]
         arrays = {"image": self.train_images, "label": self.train_labels}
         batches = ({**gather_batch(arrays, indices), "index": indices, "skipped": np.zeros(len(indices), np.int32)}
                    for indices in local)
         return EpochBatches(batches, epoch=epoch, start_step=start_step, steps_per_epoch=len(order),
-                            identity=position_identity(seed, batch_size, self.train_count))
+                            identity=position_identity(seed, batch_size, self.train_count, self.sampler_identity()))
 
     def eval_batches(self, batch_size: int) -> Batches:
         part = self.shard.part(batch_size)

@@ -39,24 +39,29 @@ def load_data(config, *, shard: ProcessShard = ProcessShard()) -> TrainingData:
 
     Small fixed-size sets (embedded_mnist, torchvision's MNIST/CIFAR folders, fixed-size tfds
     datasets) are held in memory; ImageFolder trees and tfds datasets of varying image size are
-    streamed, in the model's channel count (RGB, or L for 1-channel models). Raises DataError.
+    streamed, in the model's channel count (RGB, or L for 1-channel models). With `ra_sampler`,
+    the epochs are ordered by repeated augmentation (`sampling.epoch_order`). Raises DataError.
     """
     if config.dataset == IMAGEFOLDER:
         return _imagefolder(config, shard)
     if config.dataset == EMBEDDED_MNIST:
-        return _in_memory(load_dataset(EMBEDDED_MNIST), shard)
+        return _in_memory(load_dataset(EMBEDDED_MNIST), config, shard)
     found = find_torchvision_folder(config.dataset, config.data_dir)
     if found is not None:
-        return _in_memory(found, shard)
+        return _in_memory(found, config, shard)
     builder = open_builder(config.dataset, config.data_dir)
     if None not in tuple(builder.info.features["image"].shape):
         with quiet_absl():
-            return _in_memory(load_tfds_arrays(builder), shard)
+            return _in_memory(load_tfds_arrays(builder), config, shard)
     return _streamed_tfds(config, builder, shard)
 
 
-def _in_memory(dataset, shard: ProcessShard):
-    return dataclasses.replace(dataset, shard=shard)
+def _in_memory(dataset, config, shard: ProcessShard):
+    return dataclasses.replace(dataset, shard=shard, ra_reps=_ra_reps(config))
+
+
+def _ra_reps(config) -> int | None:
+    return config.ra_reps if config.ra_sampler else None
 
 
 def _model_channels(config) -> int:
@@ -74,7 +79,7 @@ def _imagefolder(config, shard: ProcessShard) -> StreamedDataset:
     return StreamedDataset(name=IMAGEFOLDER, source=str(splits.root), train=splits.train, test=splits.test,
                            num_classes=len(splits.classes), class_names=splits.classes,
                            transforms=host_transforms(config, _model_channels(config)), workers=_workers(config),
-                           shard=shard, info={"held_out": splits.test_source})
+                           shard=shard, info={"held_out": splits.test_source}, ra_reps=_ra_reps(config))
 
 
 def _streamed_tfds(config, builder, shard: ProcessShard) -> StreamedDataset:
@@ -90,4 +95,4 @@ def _streamed_tfds(config, builder, shard: ProcessShard) -> StreamedDataset:
     return StreamedDataset(name=builder.name, source="tfds", train=sources["train"], test=sources[test_split],
                            num_classes=int(label.num_classes), class_names=names,
                            transforms=host_transforms(config, _model_channels(config)), workers=_workers(config),
-                           shard=shard, info={"held_out": test_split})
+                           shard=shard, info={"held_out": test_split}, ra_reps=_ra_reps(config))
