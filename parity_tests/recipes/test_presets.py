@@ -17,7 +17,7 @@ from parity_tests.helpers.image_trees import write_digit_tree
 from parity_tests.helpers.training_fixtures import assert_same_history
 
 # What makes each preset small: the data, the net and the run's length. Everything else is the preset's.
-STREAMED_SMALL = dict(model="mnist_resnet", dataset="imagefolder", image_size=28, train_crop_size=24,
+STREAMED_SMALL = dict(model="resnet20", dataset="imagefolder", image_size=28, train_crop_size=24,
                       batch_size=64, eval_batch_size=100, epochs=2, warmup_epochs=0.5, workers=0,
                       model_ema_steps=2, precision="fp32")
 SMALL = {
@@ -35,7 +35,10 @@ def digits(tmp_path_factory):
 
 
 def preset_config(name: str, data_dir, workdir, **overrides) -> TrainConfig:
-    return TrainConfig(**{**PRESETS[name], **SMALL[name], "data_dir": str(data_dir), "workdir": str(workdir),
+    """The preset made small; its lr scaled linearly to the small batch, as the presets say to."""
+    preset, small = PRESETS[name], SMALL[name]
+    lr = preset["lr"] * small["batch_size"] / preset["batch_size"]
+    return TrainConfig(**{**preset, **small, "lr": lr, "data_dir": str(data_dir), "workdir": str(workdir),
                           "progress": False, **overrides})
 
 
@@ -53,7 +56,7 @@ def test_a_preset_runs_short_in_both_frameworks(name, digits, mnist_dir, tmp_pat
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4), (name, ours["epoch"])
         assert np.isfinite(ours["test_loss"]) and np.isfinite(theirs["test_loss"])
     recorded = json.loads((tmp_path / "flax" / "config.json").read_text())
-    kept = {key: value for key, value in PRESETS[name].items() if key not in SMALL[name]}
+    kept = {key: value for key, value in PRESETS[name].items() if key not in SMALL[name] and key != "lr"}
     assert {key: recorded[key] for key in kept} == {key: list(v) if isinstance(v, tuple) else v
                                                    for key, v in kept.items()}
     if PRESETS[name].get("model_ema"):
