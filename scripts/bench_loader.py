@@ -2,6 +2,7 @@
 and the in-memory path against streaming on the same images.
 
     python scripts/bench_loader.py throughput --images 2000 --workers 2
+    python scripts/bench_loader.py throughput --image-size 176 --auto-augment ta_wide --random-erase 0.1
     python scripts/bench_loader.py memory --sizes 5000 20000
     python scripts/bench_loader.py in-memory
 
@@ -18,6 +19,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from flax_resnet.core.data.policies import AUTO_AUGMENT_NAMES  # plain Python, no JAX
+
+
+def probability(text: str) -> float:
+    """An argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a probability in [0, 1] (0: off), got {text!r}")
+    return value
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,6 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     throughput.add_argument("--batches", type=int, default=20, help="timed batches per round")
     throughput.add_argument("--warmup", type=int, default=2, help="untimed batches first (worker start)")
     throughput.add_argument("--rounds", type=int, default=2, help="turns each contestant takes")
+    throughput.add_argument("--auto-augment", choices=AUTO_AUGMENT_NAMES, metavar="NAME",
+                            help="torchvision's policy after the crop and flip: " + ", ".join(AUTO_AUGMENT_NAMES)
+                                 + "; with it (or --random-erase), torchvision runs its reference's whole "
+                                   "training preset and ours is also timed with its device step")
+    throughput.add_argument("--random-erase", type=probability, default=0.0, metavar="P",
+                            help="torchvision's RandomErasing probability (ours: on the device), 0: off")
     memory = commands.add_parser("memory", help="peak RSS of one streamed training epoch per tree size")
     memory.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000], help="images per tree")
     memory.add_argument("--model", default="mnist_resnet", help="the model trained (default %(default)s)")
@@ -52,8 +72,15 @@ def main(argv=None) -> int:
         tree = bench.write_jpeg_tree(root / f"jpeg-{args.images}", args.images)
         config = bench.LoaderBench(str(tree), workers=args.workers, batch_size=args.batch_size,
                                    image_size=args.image_size, batches=args.batches, warmup=args.warmup,
-                                   rounds=args.rounds)
+                                   rounds=args.rounds, auto_augment=args.auto_augment,
+                                   random_erase=args.random_erase)
         result = bench.loader_benchmark(config, progress=lambda message: print(message, flush=True))
+        if config.whole_preset:
+            print(f"ours with the device step {result['ours_device_step_img_per_s']:.0f} img/s, torchvision "
+                  f"{result['torchvision_img_per_s']:.0f} img/s: {result['device_step_ratio']:.2f}x; the device step "
+                  f"{result['ours_device_step_device_step_ms_per_img']:.2f} ms per image, this process's CPU "
+                  f"{result['ours_device_step_main_cpu_ms_per_img']:.2f} ms per image, workers' "
+                  f"{result['ours_device_step_worker_cpu_ms_per_img']:.2f} ms")
         print(f"ours {result['ours_img_per_s']:.0f} img/s ({result['ours_img_per_s_per_worker']:.0f} per worker), "
               f"torchvision {result['torchvision_img_per_s']:.0f} img/s "
               f"({result['torchvision_img_per_s_per_worker']:.0f} per worker): {result['ratio']:.2f}x; "

@@ -1,9 +1,10 @@
 """The data side, measured: loader throughput against torchvision's, the memory of a streamed
 training run, and the in-memory path against streaming on the same images.
 
-Plain Python (no JAX, no torch here): our loader is `flax_resnet.core.data`, the torchvision
+Plain Python (no JAX, no torch at import): our loader is `flax_resnet.core.data`, the torchvision
 contestant is `torch_ref.studies.data_loading`, and training runs are `scripts/train.py` in a
-subprocess whose whole process tree (loader workers included) is sampled for memory.
+subprocess whose whole process tree (loader workers included) is sampled for memory. JAX is
+imported only to time the device step of a measurement with torchvision's whole training preset.
 """
 
 from __future__ import annotations
@@ -81,20 +82,72 @@ class LoaderBench:
     batches: int = 20
     warmup: int = 2
     rounds: int = 2  # contestants alternate this many times; the best round counts
+    auto_augment: str | None = None  # a torchvision policy after the crop and flip, e.g. 'ta_wide'
+    random_erase: float = 0.0  # torchvision's RandomErasing probability (ours: on the device)
+
+    @property
+    def whole_preset(self) -> bool:
+        """With a policy or erasing, torchvision's side is its reference's whole training preset
+        (normalized float32 out of the workers), and ours is also timed with its device step."""
+        return self.auto_augment is not None or self.random_erase > 0
+
+
+def our_config(bench: LoaderBench):
+    """The TrainConfig of a streamed training run with the benchmark's data settings."""
+    from flax_resnet.core.config import TrainConfig
+
+    return TrainConfig(model="resnet50", dataset="imagefolder", data_dir=bench.root, image_size=bench.image_size,
+                       workers=bench.workers, batch_size=bench.batch_size, auto_augment=bench.auto_augment,
+                       random_erase=bench.random_erase)
+
+
+def our_policy(bench: LoaderBench):
+    """The augmentation policy our loader's workers apply after the crop and flip (None without one)."""
+    from flax_resnet.core.data.select import host_transforms
+
+    return host_transforms(our_config(bench), channels=3).policy
 
 
 def our_batches(bench: LoaderBench, epoch: int):
-    """The streaming loader's training batches (RandomResizedCrop + flip, uint8 NHWC)."""
-    from flax_resnet.core.config import TrainConfig
+    """The streaming loader's training batches (RandomResizedCrop + flip, then the policy if any;
+    uint8 NHWC)."""
     from flax_resnet.core.data import load_data
 
-    config = TrainConfig(model="resnet50", dataset="imagefolder", data_dir=bench.root, image_size=bench.image_size,
-                         workers=bench.workers, batch_size=bench.batch_size)
-    data = load_data(config)
+    data = load_data(our_config(bench))
     try:
         yield from data.train_batches(epoch, seed=0, batch_size=bench.batch_size)
     finally:
         data.close()  # its workers stop with the round
+
+
+def our_device_step(bench: LoaderBench):
+    """What our trainers do to a streamed batch on the device before the model: a jitted
+    `train_transform` with the AugmentSpec a training run derives (normalize, then random
+    erasing; the host already cropped and flipped). Returns step(uint8 NHWC images, index) ->
+    float32 NHWC, waited for."""
+    import jax
+
+    from flax_resnet.core.data import load_data
+    from flax_resnet.core.plan import AUGMENT_STREAM, prepare_run
+    from flax_resnet.training.device_transforms import train_transform
+
+    config = our_config(bench)
+    data = load_data(config)  # scans the tree; no worker starts before a batch is asked for
+    try:
+        augment = prepare_run(config, data).augment
+    finally:
+        data.close()
+    augment_key = jax.random.fold_in(jax.random.key(0), AUGMENT_STREAM)
+    # as the train step: its augmentation key folded with the step, all in one jitted call
+    transform = jax.jit(lambda index, images: train_transform(jax.random.fold_in(augment_key, index), images, augment))
+
+    def step(images, index: int):
+        return transform(index, images).block_until_ready()
+
+    # Compiled here, not in a round: while a round's first batch compiled, the workers would fill
+    # their queues, and the timed batches would come out of them.
+    step(np.zeros((bench.batch_size, bench.image_size, bench.image_size, 3), np.uint8), 0)
+    return step
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -139,25 +192,31 @@ class PeakMemory:
         return {f"peak_{key}_mb": value / 2**20 for key, value in self.peak.items() if key != "processes"}
 
 
-def time_loader(make_batches, bench: LoaderBench) -> dict[str, float]:
+def time_loader(make_batches, bench: LoaderBench, device_step=None) -> dict[str, float]:
     """img/s over `bench.batches` batches, each copied once out of the loader (as a transfer to a
-    device reads every byte); the CPU time per image of the workers and of this process over the
-    same batches (what a core of an unloaded machine would deliver); the seconds to the first
-    batch; the peak memory of this process and its workers."""
+    device reads every byte) and then, with `device_step`, handed to it (its time counts); the
+    CPU time per image of the workers and of this process over the same batches (what a core of
+    an unloaded machine would deliver); the seconds to the first batch; the peak memory of this
+    process and its workers."""
     with PeakMemory(os.getpid()) as memory:
-        result = _time_batches(make_batches, bench)
+        result = _time_batches(make_batches, bench, device_step)
     return {**result, **memory.megabytes()}
 
 
-def _time_batches(make_batches, bench: LoaderBench) -> dict[str, float]:
+def _time_batches(make_batches, bench: LoaderBench, device_step=None) -> dict[str, float]:
     start = time.perf_counter()
     batches = make_batches()
     first = timed_start = cpu_start = None
-    count = 0
+    count, device_seconds = 0, 0.0
     for index, batch in enumerate(batches):
         images = np.array(batch["image"] if isinstance(batch, dict) else batch[0])
         if first is None:
-            first = time.perf_counter() - start
+            first = time.perf_counter() - start  # the loader's alone
+        if device_step is not None:
+            step_start = time.perf_counter()
+            device_step(images, index)
+            if index + 1 > bench.warmup:
+                device_seconds += time.perf_counter() - step_start
         if index + 1 == bench.warmup:
             timed_start, cpu_start = time.perf_counter(), _cpu_seconds()
         elif index + 1 > bench.warmup:
@@ -170,20 +229,31 @@ def _time_batches(make_batches, bench: LoaderBench) -> dict[str, float]:
         batches.close()
     return {"img_per_s": count / seconds, "first_batch_s": first,
             "worker_cpu_ms_per_img": 1e3 * (cpu_end[1] - cpu_start[1]) / count,
-            "main_cpu_ms_per_img": 1e3 * (cpu_end[0] - cpu_start[0]) / count}
+            "main_cpu_ms_per_img": 1e3 * (cpu_end[0] - cpu_start[0]) / count,
+            "device_step_ms_per_img": 1e3 * device_seconds / count}
 
 
 def loader_benchmark(bench: LoaderBench, progress=lambda message: None) -> dict[str, Any]:
     """Ours against torchvision's ImageFolder + DataLoader with the same transforms, the same files
-    and worker count, alternating `rounds` times; the best round of each."""
+    and worker count, alternating `rounds` times; the best round of each.
+
+    With `bench.whole_preset`, torchvision's workers also normalize and erase, as its reference
+    does, while ours hand uint8 to the device; so ours takes a third turn, 'ours_device_step',
+    with the device step timed on this CPU after each batch.
+    """
     torchvision_side = frameworks.module("loader", "torch")
-    contestants = {"ours": lambda epoch: our_batches(bench, epoch),
-                   "torchvision": lambda epoch: torchvision_side.torchvision_batches(bench, epoch)}
+    policy = our_policy(bench)
+    interpolation = policy.interpolation if policy is not None else None  # the same work on both sides
+    contestants = {"ours": (lambda epoch: our_batches(bench, epoch), None),
+                   "torchvision": (lambda epoch: torchvision_side.torchvision_batches(bench, epoch, interpolation),
+                                   None)}
+    if bench.whole_preset:
+        contestants["ours_device_step"] = (contestants["ours"][0], our_device_step(bench))
     results: dict[str, list] = {name: [] for name in contestants}
     for round_ in range(bench.rounds):
-        for name, make in contestants.items():
+        for name, (make, device_step) in contestants.items():
             progress(f"round {round_ + 1}/{bench.rounds}: {name}")
-            results[name].append(time_loader(lambda: make(round_), bench))
+            results[name].append(time_loader(lambda: make(round_), bench, device_step))
     best = {name: max(runs, key=lambda r: r["img_per_s"]) for name, runs in results.items()}
     out = {"bench": dataclasses.asdict(bench), "images": sum(1 for _ in Path(bench.root, "train").rglob("*.JPEG")),
            "mean_jpeg_kb": tree_bytes(bench.root) / 1024 / max(1, sum(1 for _ in Path(bench.root).rglob("*.JPEG"))),
@@ -193,13 +263,15 @@ def loader_benchmark(bench: LoaderBench, progress=lambda message: None) -> dict[
         out[f"{name}_img_per_s_per_worker"] = result["img_per_s"] / max(bench.workers, 1)
         out[f"{name}_first_batch_s"] = result["first_batch_s"]
         # medians over rounds: CPU time hardly depends on the machine's load
-        for key in ("worker_cpu_ms_per_img", "main_cpu_ms_per_img"):
+        for key in ("worker_cpu_ms_per_img", "main_cpu_ms_per_img", "device_step_ms_per_img"):
             out[f"{name}_{key}"] = float(np.median([r[key] for r in results[name]]))
         out[f"{name}_img_per_s_per_busy_core"] = 1e3 / out[f"{name}_worker_cpu_ms_per_img"]
         for key in ("peak_rss_mb", "peak_pss_mb"):
             out[f"{name}_{key}"] = max(r[key] for r in results[name])
     out["ratio"] = out["ours_img_per_s"] / out["torchvision_img_per_s"]
     out["cpu_ratio"] = out["torchvision_worker_cpu_ms_per_img"] / out["ours_worker_cpu_ms_per_img"]
+    if bench.whole_preset:
+        out["device_step_ratio"] = out["ours_device_step_img_per_s"] / out["torchvision_img_per_s"]
     return out
 
 
