@@ -24,8 +24,11 @@ def host_transforms(config, channels: int) -> HostTransforms:
     flip = config.flip if config.flip is not None else channels == 3
     size = config.image_size or DEFAULT_STREAMED_SIZE
     try:
+        # torchvision's reference hands its policies the run's interpolation; timm's train.py keeps
+        # RandAugment's random choice of bilinear and bicubic.
         policy = make_policy(config.auto_augment, config.rand_augment, image_size=config.train_crop_size or size,
-                             mean=config.mean if config.mean is not None and len(config.mean) == 3 else None)
+                             mean=config.mean if config.mean is not None and len(config.mean) == 3 else None,
+                             interpolation=config.interpolation if config.auto_augment else None)
     except ValueError as error:
         raise DataError(str(error)) from None
     return HostTransforms(size=size, channels=channels, policy=policy,
