@@ -113,9 +113,10 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
                           f"of {data.name}")
     if config.batch_size % num_devices:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the {num_devices} devices")
-    if not data.streamed and (config.auto_augment or config.rand_augment):
-        raise ConfigError("auto_augment and rand_augment run on the host's decoded images of streamed data "
-                          f"(ImageFolder trees, tfds sets of varying size); {data.name} is held in memory")
+    host_augmented = getattr(data, "host_augment", None) is not None  # an in-memory set's policy
+    if host_augmented and config.image_size is not None and config.image_size != data.image_shape[0]:
+        raise ConfigError(f"auto_augment and rand_augment work on {data.name}'s own {data.image_shape[0]}-pixel "
+                          f"images in memory; leave image_size unset with them")
     if not data.streamed and (config.train_crop_size or config.val_resize_size):
         raise ConfigError("train_crop_size and val_resize_size size the host's crops of streamed data (ImageFolder "
                           f"trees, tfds sets of varying size); {data.name} is held in memory: use image_size")
@@ -135,6 +136,8 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
         augment = default_augment(data.image_shape, crop_padding=config.crop_padding, flip=config.flip,
                                   image_size=config.image_size, mean=mean, std=std,
                                   interpolation=config.interpolation)
+        if host_augmented:  # the host cropped, flipped and applied the policy
+            augment = dataclasses.replace(augment, crop_padding=0, flip=False)
     augment = dataclasses.replace(augment, random_erase=float(config.random_erase))
     check_drop_path(config.model, config.drop_path_rate)  # the model may come from --init-from
     stochastic_depth = {"drop_path_rate": config.drop_path_rate} if config.drop_path_rate else {}

@@ -97,10 +97,10 @@ class TrainConfig:
                                             type=float, nargs="+")
     crop_padding: int | None = setting(None, "pad-and-random-crop pixels, 0 for none (none: size // 8 for colour "
                                              "images, size // 14 for grayscale)", DATA, type=int, metavar="PIXELS")
-    auto_augment: str | None = setting(None, "streamed data: torchvision's policy after the crop and flip: ta_wide "
+    auto_augment: str | None = setting(None, "torchvision's policy after the crop and flip, on the host: ta_wide "
                                              "(TrivialAugmentWide), ra (RandAugment), imagenet, cifar10 or svhn "
                                              "(AutoAugment)", DATA, metavar="NAME")
-    rand_augment: str | None = setting(None, "streamed data: timm's RandAugment string, e.g. rand-m7-mstd0.5-inc1",
+    rand_augment: str | None = setting(None, "timm's RandAugment string, e.g. rand-m7-mstd0.5-inc1, on the host",
                                        DATA, metavar="CONFIG")
     random_erase: float = setting(0.0, "torchvision's RandomErasing on the device, after normalizing: with "
                                        "probability P a box of 2-33%% of a training image's area (aspect 0.3-3.3) "

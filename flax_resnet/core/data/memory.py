@@ -25,6 +25,8 @@ from flax_resnet.core.augment import channel_statistics
 from flax_resnet.core.data.base import Batches, EpochBatches, ProcessShard, TrainingData, position_identity
 from flax_resnet.core.data.common import EMBEDDED_MNIST, IMAGEFOLDER, TORCHVISION_NAMES, DataError
 from flax_resnet.core.data.gather import gather_batch
+from flax_resnet.core.data.loader import HOST_AUGMENT_STREAM
+from flax_resnet.core.data.memory_augment import HostAugment
 from flax_resnet.core.data.sampling import epoch_order, eval_batches
 from flax_resnet.core.data.tfds_source import held_out_split, open_builder, open_split, quiet_absl
 
@@ -46,6 +48,7 @@ class Dataset(TrainingData):
     class_names: tuple[str, ...] | None = None
     shard: ProcessShard = ProcessShard()
     ra_reps: int | None = None  # repeated augmentation's copies of each image (None: a plain shuffle)
+    host_augment: HostAugment | None = None  # crop, flip and policy on the host (--auto-augment, --rand-augment)
 
     streamed = False
 
@@ -69,12 +72,31 @@ class Dataset(TrainingData):
     def train_batches(self, epoch: int, *, seed: int, batch_size: int, start_step: int = 0) -> EpochBatches:
         order = epoch_order(seed, epoch, self.train_count, batch_size, ra_reps=self.ra_reps,
                             world_size=self.shard.count)
-        local = order[start_step:, self.shard.part(batch_size)]
+        part = self.shard.part(batch_size)
+        local = order[start_step:, part]
         arrays = {"image": self.train_images, "label": self.train_labels}
         batches = ({**gather_batch(arrays, indices), "index": indices, "skipped": np.zeros(len(indices), np.int32)}
                    for indices in local)
+        if self.host_augment is not None:
+            places = (step * batch_size + np.arange(batch_size)[part] for step in range(start_step, len(order)))
+            batches = (self._augmented(batch, epoch, seed, batch_places) for batch, batch_places in zip(batches, places))
         return EpochBatches(batches, epoch=epoch, start_step=start_step, steps_per_epoch=len(order),
                             identity=position_identity(seed, batch_size, self.train_count, self.sampler_identity()))
+
+    def _augmented(self, batch: dict, epoch: int, seed: int, places: np.ndarray) -> dict:
+        images = np.empty_like(batch["image"])
+        for j, (index, place) in enumerate(zip(batch["index"], places)):
+            # A repeated example's copies are augmented apart, each by its place in the order.
+            copy = () if self.ra_reps is None else (int(place),)
+            rng = np.random.default_rng([seed, HOST_AUGMENT_STREAM, epoch, int(index), *copy])
+            images[j] = self.host_augment(batch["image"][j], rng)
+        return {**batch, "image": images}
+
+    def details(self) -> dict:
+        details = super().details()
+        if self.host_augment is not None:
+            details["transforms"] = {"train": self.host_augment.describe()}
+        return details
 
     def eval_batches(self, batch_size: int) -> Batches:
         part = self.shard.part(batch_size)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from flax_resnet.core.augment import default_augment
 from flax_resnet.core.data.base import ProcessShard, TrainingData
 from flax_resnet.core.data.common import EMBEDDED_MNIST, IMAGEFOLDER, DataError
 from flax_resnet.core.data.imagefolder import scan_image_folder
 from flax_resnet.core.data.loader import StreamedDataset, default_workers
 from flax_resnet.core.data.memory import find_torchvision_folder, load_dataset, load_tfds_arrays
 from flax_resnet.core.data.tfds_source import TfdsSource, held_out_split, open_builder, open_split, quiet_absl
+from flax_resnet.core.data.memory_augment import HostAugment
 from flax_resnet.core.data.policies import make_policy
 from flax_resnet.core.data.transforms import HostTransforms
 from flax_resnet.core.registry import resolve
@@ -60,7 +62,25 @@ def load_data(config, *, shard: ProcessShard = ProcessShard()) -> TrainingData:
 
 
 def _in_memory(dataset, config, shard: ProcessShard):
-    return dataclasses.replace(dataset, shard=shard, ra_reps=_ra_reps(config))
+    return dataclasses.replace(dataset, shard=shard, ra_reps=_ra_reps(config),
+                               host_augment=_host_augment(dataset, config))
+
+
+def _host_augment(dataset, config) -> HostAugment | None:
+    """The host's crop, flip and policy of an in-memory set, with --auto-augment or --rand-augment;
+    the crop padding and the flip are the device's defaults (`core.augment.default_augment`)."""
+    if not (config.auto_augment or config.rand_augment):
+        return None
+    shape = dataset.image_shape
+    defaults = default_augment(shape, crop_padding=config.crop_padding, flip=config.flip, mean=(0.0,) * shape[2],
+                               std=(1.0,) * shape[2])
+    try:
+        policy = make_policy(config.auto_augment, config.rand_augment, image_size=shape[:2],
+                             mean=config.mean if config.mean is not None and len(config.mean) == 3 else None,
+                             interpolation=config.interpolation if config.auto_augment else None)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    return HostAugment(policy, defaults.crop_padding, defaults.flip)
 
 
 def _ra_reps(config) -> int | None:
