@@ -113,7 +113,7 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
                           f"of {data.name}")
     if config.batch_size % num_devices:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the {num_devices} devices")
-    host_augmented = getattr(data, "host_augment", None) is not None  # an in-memory set's policy
+    host_augmented = data.host_augment is not None  # an in-memory set's policy
     if host_augmented and config.image_size is not None and config.image_size != data.image_shape[0]:
         raise ConfigError(f"auto_augment and rand_augment work on {data.name}'s own {data.image_shape[0]}-pixel "
                           f"images in memory; leave image_size unset with them")

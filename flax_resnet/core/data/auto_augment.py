@@ -79,7 +79,9 @@ def pil_fill(fill, image: Image.Image) -> int | tuple[int, ...]:
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 _ENHANCERS = {"Brightness": ImageEnhance.Brightness, "Color": ImageEnhance.Color,
               "Contrast": ImageEnhance.Contrast, "Sharpness": ImageEnhance.Sharpness}
-OPS = ("Identity", *GEOMETRIC_OPS, *_ENHANCERS, "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
+# The ops without a magnitude, the same in torchvision's and timm's policies.
+PLAIN_OPS = {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize, "Invert": ImageOps.invert}
+OPS = ("Identity", *GEOMETRIC_OPS, *_ENHANCERS, "Posterize", "Solarize", *PLAIN_OPS)
 
 
 def apply_op(image: Image.Image, op: str, magnitude: float, *, interpolation: str = "nearest",
@@ -97,12 +99,8 @@ def apply_op(image: Image.Image, op: str, magnitude: float, *, interpolation: st
         return posterize(image, int(magnitude))
     if op == "Solarize":  # the magnitude is the threshold as a fraction of 255
         return ImageOps.solarize(image, 255.0 * magnitude)
-    if op == "AutoContrast":
-        return ImageOps.autocontrast(image)
-    if op == "Equalize":
-        return ImageOps.equalize(image)
-    if op == "Invert":
-        return ImageOps.invert(image)
+    if op in PLAIN_OPS:
+        return PLAIN_OPS[op](image)
     if op == "Identity":
         return image
     raise unknown_name_error("op", op, OPS)

@@ -128,6 +128,7 @@ class TrainingData(abc.ABC):
     streamed: bool
     shard: ProcessShard  # the process whose part of each batch this object yields
     ra_reps: int | None = None  # repeated augmentation's copies of each image (None: a plain shuffle)
+    host_augment = None  # an in-memory set's host crop, flip and policy (`memory_augment.HostAugment`)
 
     @property
     @abc.abstractmethod

@@ -26,7 +26,7 @@ import re
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from flax_resnet.core.data.auto_augment import (AugmentPolicyError, pil_fill, posterize, resample_filter,
+from flax_resnet.core.data.auto_augment import (PLAIN_OPS, AugmentPolicyError, pil_fill, posterize, resample_filter,
                                                 unknown_name_error)
 
 __all__ = ["INCREASING_OPS", "RAND_OPS", "TimmHparams", "TimmRandAugment", "apply_timm_op", "op_arguments",
@@ -144,12 +144,8 @@ def apply_timm_op(image: Image.Image, op: str, arguments: tuple, interpolation: 
         added = arguments[0]
         table = [min(255, value + added) if value < 128 else value for value in range(256)]
         return image.point(table * len(image.getbands()))
-    if op == "AutoContrast":
-        return ImageOps.autocontrast(image)
-    if op == "Equalize":
-        return ImageOps.equalize(image)
-    if op == "Invert":
-        return ImageOps.invert(image)
+    if op in PLAIN_OPS:
+        return PLAIN_OPS[op](image)
     raise unknown_name_error("timm op", op, OPS)
 
 
