@@ -1,13 +1,9 @@
 """Suite-wide numerics: float32 everywhere, XLA matmuls at full precision, no TF32 in torch.
-Tests that hold several GB take turns across the pytest-xdist workers (`large_memory`). One XLA
-compilation cache serves the whole run (`pytest_configure`)."""
+Tests that hold several GB take turns across the pytest-xdist workers (`large_memory`)."""
 
 import ctypes
 import fcntl
 import gc
-import os
-import shutil
-import tempfile
 
 import jax
 import pytest
@@ -18,25 +14,6 @@ from parity_tests.helpers.training_fixtures import make_mnist_folder
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-
-
-def pytest_configure(config):
-    """One XLA compilation cache per test run, shared by the pytest-xdist workers and the scripts the
-    tests start: a program compiled once (the same small train step in many runs) is read back, not
-    compiled again. It is fresh for each run and removed after it, so no run reads another's."""
-    if not hasattr(config, "workerinput") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        config.xla_cache = tempfile.mkdtemp(prefix="flax-resnet-xla-cache-")
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = config.xla_cache  # workers and subprocesses inherit it
-        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                          float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")))
-
-
-def pytest_unconfigure(config):
-    if getattr(config, "xla_cache", None):
-        shutil.rmtree(config.xla_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
