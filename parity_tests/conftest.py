@@ -1,11 +1,20 @@
 """Suite-wide numerics: float32 everywhere, XLA matmuls at full precision, no TF32 in torch.
-Tests that hold several GB take turns across the pytest-xdist workers (`large_memory`)."""
+Tests that hold several GB take turns across the pytest-xdist workers (`large_memory`).
+
+XLA compiles without LLVM's expensive optimization passes (JAX's own `jax_disable_most_optimizations`,
+as JAX's test suite runs): the suite compiles hundreds of programs and runs most of them a few
+steps, so code generation was over a third of its time. Only machine code changes; every program's
+HLO, and so what it computes, is the one training compiles. The environment variable is inherited by
+the scripts the tests start; `JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test` runs the suite fully optimized."""
 
 import ctypes
 import fcntl
 import gc
+import os
 
-import jax
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402  (reads the variable above when it is first imported)
 import pytest
 import torch
 
