@@ -5,7 +5,11 @@ XLA compiles without LLVM's expensive optimization passes (JAX's own `jax_disabl
 as JAX's test suite runs): the suite compiles hundreds of programs and runs most of them a few
 steps, so code generation was over a third of its time. Only machine code changes; every program's
 HLO, and so what it computes, is the one training compiles. The environment variable is inherited by
-the scripts the tests start; `JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test` runs the suite fully optimized."""
+the scripts the tests start; `JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test` runs the suite fully optimized.
+
+When pytest-xdist runs as many workers as there are cores (`make test`), each worker computes on
+one thread, in torch and in XLA: two workers' thread pools on the same two cores spun and waited
+on each other (the same tests took 13 % longer). Scripts started with their own XLA_FLAGS keep XLA's."""
 
 import ctypes
 import fcntl
@@ -13,10 +17,15 @@ import gc
 import os
 
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= CORES:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
 
-import jax  # noqa: E402  (reads the variable above when it is first imported)
-import pytest
-import torch
+import jax  # noqa: E402  (these read the variables above when they are first imported)
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from parity_tests.helpers.training_fixtures import make_mnist_folder
 

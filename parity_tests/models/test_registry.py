@@ -1,5 +1,7 @@
 """The registry: names, parameter counts against the published figures, option checking."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -44,11 +46,13 @@ EXPECTED_NAMES = [
 ]
 
 
+@functools.cache  # several tests count the same variant
 def flax_param_count(name, **kwargs):
     abstract = nnx.eval_shape(lambda: flax_resnet.create_model(name, rngs=nnx.Rngs(0), **kwargs))
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
+@functools.cache
 def torch_param_count(name, **kwargs):
     with torch.device("meta"):
         model = torch_ref.create_model(name, **kwargs)

@@ -1,6 +1,9 @@
 """Output and stage shapes at several input sizes, odd ones included, in both frameworks.
 
-Shapes come from abstract evaluation (jax.eval_shape, torch's meta device): no arithmetic.
+Shapes come from abstract evaluation (jax.eval_shape, torch's meta device): no arithmetic. The
+sizes are those the eval parity test does not run (it compares every stage's values, shapes
+included, at an even and an odd size: 32 and 33, 96 and 97x123, 64x96 and 97x123): the canonical
+size, small odd ones and the smallest.
 """
 
 import functools
@@ -18,10 +21,10 @@ from parity_tests.helpers.twins import family, input_channels
 
 SIZES = {
     "mnist": [(28, 28)],
-    "cifar": [(32, 32), (33, 33), (17, 9)],
-    "d2l": [(96, 96), (97, 123), (28, 28)],
+    "cifar": [(32, 32), (17, 9)],
+    "d2l": [(224, 224), (28, 28)],
 }
-IMAGENET_SIZES = [(224, 224), (97, 123), (33, 33), (1, 1)]
+IMAGENET_SIZES = [(224, 224), (33, 33), (1, 1)]
 
 
 @functools.lru_cache(maxsize=2)
