@@ -313,10 +313,11 @@ def assert_float32_agrees(exact, torch32, flax32, output_layout=lambda a: a, los
             f"explain {explained:.2e}, the sums' rounding {summed:.2e})")
     checks = {
         "output": (output_layout(flax32[0]), torch32[0], exact[0], relative_error),
-        **({"loss": (flax32[1], torch32[1], exact[1], relative_error)} if loss_weights is None else {}),
         "gradients": (flax32[2], torch32[2], exact[2], global_error),
         "running statistics": (flax32[3], torch32[3], exact[3], relative_error),
     }
+    if loss_weights is None:
+        checks["loss"] = (flax32[1], torch32[1], exact[1], relative_error)
     for label, (ours, theirs, truth, error_of) in checks.items():
         error, torch_rounding = error_of(ours, theirs), error_of(theirs, truth)
         assert error <= NOISE_FACTOR * torch_rounding + FLOAT32_EPS, (
