@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
@@ -158,4 +158,4 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
     if missing or unexpected or mismatched:
         raise StateDictMismatchError(missing, unexpected, mismatched)
     for variable, value in updates:
-        variable.set_value(jnp.asarray(value))
+        variable.set_value(jax.device_put(value))  # jnp.asarray would compile a copy per shape

@@ -11,6 +11,7 @@ from flax import nnx
 import flax_resnet
 import torch_ref
 from flax_resnet.core.registry import MODELS, TIMM_MODELS, TORCHVISION_MODELS
+from flax_resnet.models import model_skeleton
 
 # torchvision's weight metadata (REFERENCE_FIGURES.md), exact.
 TORCHVISION_PARAMS = {
@@ -48,7 +49,7 @@ EXPECTED_NAMES = [
 
 @functools.cache  # several tests count the same variant
 def flax_param_count(name, **kwargs):
-    abstract = nnx.eval_shape(lambda: flax_resnet.create_model(name, rngs=nnx.Rngs(0), **kwargs))
+    abstract = model_skeleton(name, **kwargs)
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 import flax_resnet
 import torch_ref
-from flax_resnet.models import layers
+from flax_resnet.models import layers, model_skeleton
 from flax_resnet.porting.state_dict import from_torch_layout, load_torch_state_dict, to_torch_layout
 from parity_tests.helpers.twins import make_twins, random_images, relative_error
 
@@ -85,7 +85,7 @@ def test_average_pool_shortcut_is_ceil_mode_and_counts_only_real_pixels(size):
 
 def test_resnet_d_pools_then_projects_with_stride_one():
     torch_model = torch_ref.create_model("resnet50d")
-    flax_model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet50d", rngs=nnx.Rngs(0)))
+    flax_model = model_skeleton("resnet50d")
     for stage, pool in (("layer1", torch.nn.Identity), ("layer2", torch.nn.AvgPool2d)):
         torch_shortcut = getattr(torch_model, stage)[0].downsample
         flax_shortcut = getattr(flax_model, stage).layers[0].downsample.layers
@@ -205,7 +205,7 @@ def test_eval_mode_uses_running_statistics_and_eps():
 
 
 def test_bottleneck_strides_on_the_3x3_conv():
-    model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet50", rngs=nnx.Rngs(0)))  # structure only
+    model = model_skeleton("resnet50")  # structure only
     block = model.layer2.layers[0]
     assert block.conv1.strides == 1 and block.conv2.strides == 2
     assert block.downsample.layers[0].strides == 2
@@ -243,7 +243,7 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
     ("resnext50_32x4d", (3, 3, 4, 128)), ("resnext101_64x4d", (3, 3, 4, 256)),
 ])
 def test_group_width_formula(name, kernel):
-    model = nnx.eval_shape(lambda: flax_resnet.create_model(name, rngs=nnx.Rngs(0)))
+    model = model_skeleton(name)
     assert model.layer1.layers[0].conv2.kernel.shape == kernel
 
 

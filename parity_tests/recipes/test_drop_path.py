@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from flax import nnx
 from timm.layers import DropPath as TimmDropPath
 
-import flax_resnet
 import flax_resnet.models.blocks as flax_blocks
 import flax_resnet.models.layers as flax_layers
 import torch_ref
@@ -35,7 +34,7 @@ from flax_resnet.core.augment import AugmentSpec
 from flax_resnet.core.config import TrainConfig
 from flax_resnet.core.plan import DROPOUT_STREAM, StepPlan
 from flax_resnet.core.registry import MODELS, accepted_options, resolve
-from flax_resnet.models import model_recipe
+from flax_resnet.models import model_recipe, model_skeleton
 from flax_resnet.porting import state_to_torch, to_torch_state_dict
 from flax_resnet.porting.state_dict import load_torch_state_dict
 from flax_resnet.training.device_transforms import eval_transform
@@ -131,7 +130,7 @@ def test_block_rates_are_timms_for_resnet50():
         ours = torch_ref.create_model("resnet50", drop_path_rate=0.1)
     assert block_rates(ours) == expected
     assert all(isinstance(b.drop_path, torch_layers.DropPath) for b in list(blocks(ours))[1:])
-    flax_model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet50", drop_path_rate=0.1, rngs=nnx.Rngs(0)))
+    flax_model = model_skeleton("resnet50", drop_path_rate=0.1)
     assert block_rates(flax_model) == expected
     assert all(isinstance(b.drop_path, flax_layers.DropPath) for b in list(blocks(flax_model))[1:])
 
@@ -206,8 +205,8 @@ def test_default_rate_changes_no_variant_and_refuses_bad_rates():
         assert not any(isinstance(m, torch_layers.DropPath) for m in default.modules())
         assert {k: v.shape for k, v in default.state_dict().items()} == {
             k: v.shape for k, v in dropping.state_dict().items()}
-    flax_default = nnx.eval_shape(lambda: flax_resnet.create_model("resnet20", rngs=nnx.Rngs(0)))
-    flax_dropping = nnx.eval_shape(lambda: flax_resnet.create_model("resnet20", drop_path_rate=0.2, rngs=nnx.Rngs(0)))
+    flax_default = model_skeleton("resnet20")
+    flax_dropping = model_skeleton("resnet20", drop_path_rate=0.2)
     assert "drop_path_rate" not in model_recipe(flax_default)[1]
     assert model_recipe(flax_dropping)[1]["drop_path_rate"] == 0.2
     assert state_shapes(flax_default) == state_shapes(flax_dropping)
@@ -228,7 +227,7 @@ def test_eval_output_is_the_same_with_and_without_drop_path():
     torch_model, flax_model = make_twins("resnet20", seed=2, drop_path_rate=0.5)
     plain = torch_ref.create_model("resnet20")
     plain.load_state_dict(torch_model.state_dict(), strict=True)
-    flax_plain = nnx.eval_shape(lambda: flax_resnet.create_model("resnet20", rngs=nnx.Rngs(0)))
+    flax_plain = model_skeleton("resnet20")
     load_torch_state_dict(flax_plain, torch_model.state_dict())
     nchw, nhwc = random_images("resnet20", 4, SIZE, SIZE, seed=3)
     flax_model.eval()

@@ -22,9 +22,9 @@ import torch
 from flax import nnx
 from torch.optim.swa_utils import AveragedModel
 
-import flax_resnet
 import torch_ref
 from flax_resnet.core.ema import EmaSettingsError, adjusted_decay
+from flax_resnet.models import model_skeleton
 from flax_resnet.training.ema import averaged_model_state_dict, init_ema, update_after_step, update_parameters
 from parity_tests.helpers.flax_trees import from_torch_values
 from parity_tests.helpers.twins import relative_error
@@ -95,7 +95,7 @@ def torch_twin_ema(model, states, decay, every, warmup_epochs) -> dict[str, np.n
 @functools.cache
 def templates():
     """The Flax twin's parameter and statistics trees, shapes only."""
-    skeleton = nnx.eval_shape(lambda: flax_resnet.create_model(MODEL, rngs=nnx.Rngs(0)))
+    skeleton = model_skeleton(MODEL)
     return nnx.split(skeleton, nnx.Param, ...)[1:]
 
 

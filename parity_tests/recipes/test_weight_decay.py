@@ -18,10 +18,10 @@ import torch
 from flax import nnx
 from timm.optim import Lamb as TimmLamb
 
-import flax_resnet
 import torch_ref
 from flax_resnet.core.schedule import ADAM_BETAS, ADAM_EPS
 from flax_resnet.core.weight_decay import WeightDecayError, weight_decays
+from flax_resnet.models import model_skeleton
 from flax_resnet.porting import state_to_torch
 from flax_resnet.porting.state_dict import torch_key
 from flax_resnet.training import optim
@@ -85,7 +85,7 @@ def flax_decays(tree) -> dict[str, float]:
 
 
 def skeleton(name):
-    return nnx.eval_shape(lambda: flax_resnet.create_model(name, rngs=nnx.Rngs(0)))
+    return model_skeleton(name)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -19,6 +19,7 @@ from flax_resnet.core import timing
 from flax_resnet.core.augment import AugmentSpec
 from flax_resnet.core.config import ConfigError, OneLineErrorParser, TrainConfig, add_train_arguments, config_from_args
 from flax_resnet.core.data.gather import gather_batch
+from flax_resnet.models import model_skeleton
 from flax_resnet.training.step import data_mesh, jit_eval_step, matmul_precision, prefetch, select_devices
 from parity_tests.helpers.scripts import REPO
 from torch_ref.training.loop import memory_format, prefetch_to
@@ -129,10 +130,9 @@ def test_a_run_asking_for_a_missing_gpu_stops_before_any_work(tmp_path, monkeypa
 def test_tf32_flag_sets_the_precision_of_every_convolution_and_matmul(tf32, expected):
     from flax import nnx
 
-    import flax_resnet
     from flax_resnet.training.step import TrainState
 
-    model = nnx.eval_shape(lambda: flax_resnet.create_model("resnet20", rngs=nnx.Rngs(0)))  # shapes only
+    model = model_skeleton("resnet20")  # shapes only
     model.eval()
     eval_graphdef, params, batch_stats = nnx.split(model, nnx.Param, ...)
     state = TrainState(params, batch_stats, (), jax.ShapeDtypeStruct((), np.int32))
