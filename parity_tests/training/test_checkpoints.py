@@ -165,7 +165,16 @@ def test_torch_optimizer_state_loads_without_its_old_settings():
     assert torch.equal(new.state[parameter]["momentum_buffer"], old.state[parameter]["momentum_buffer"])
 
 
-def test_sigint_at_an_epoch_end_keeps_a_partly_accumulated_gradient(mnist_dir, tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt, as in a terminal, also where the suite itself was started
+    as a background job, which inherits SIGINT ignored (StopRequests leaves an ignored signal alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_at_an_epoch_end_keeps_a_partly_accumulated_gradient(mnist_dir, tmp_path, ctrl_c_raises):
     """torch, grad_accum 3 over 4 steps an epoch: epoch 1 ends one batch into an accumulation
     window. Ctrl-C during the epoch's logs stops the run after its checkpoint (exit status 130),
     and the resumed run ends bit for bit as a straight one: the accumulated .grad came back."""
@@ -185,7 +194,7 @@ def test_sigint_at_an_epoch_end_keeps_a_partly_accumulated_gradient(mnist_dir, t
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
-def test_stop_requests_catch_the_first_signal_and_let_a_second_ctrl_c_through():
+def test_stop_requests_catch_the_first_signal_and_let_a_second_ctrl_c_through(ctrl_c_raises):
     before = signal.getsignal(signal.SIGTERM)
     with StopRequests() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
