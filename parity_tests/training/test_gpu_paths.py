@@ -56,8 +56,9 @@ def make_dry_run(tmp_path, *args, path=None):
 
 
 def installs(output: str) -> str:
-    (line,) = [line for line in output.splitlines() if "pip install --quiet -e" in line]
-    return line.split("-e", 1)[1].strip()
+    """What the install line installs: the package and its extras."""
+    (line,) = [line for line in output.splitlines() if "pip install" in line and " -e " in line]
+    return line.split(" -e ", 1)[1].strip()
 
 
 def test_make_installs_jax_cuda_wheels_only_where_a_gpu_is_found(tmp_path):
