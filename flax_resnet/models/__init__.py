@@ -66,7 +66,7 @@ class ShapesOnlyRngs:
 
     nnx.Rngs counts its draws in a Variable, and under a trace each count update (a Variable
     write) made JAX walk the whole trace built so far: a skeleton's cost grew with the square of
-    its depth, 3.9 s for seresnet152 against 1.0 s with this.
+    its depth: 3.4 s for seresnet152, 1.1 s with this.
     """
 
     def __getattr__(self, stream: str):
