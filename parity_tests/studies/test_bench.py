@@ -109,11 +109,11 @@ def test_both_contestants_take_the_same_train_step():
         assert relative_error(ours, theirs) <= 1e-4
 
 
-def test_training_loop_is_timed_against_its_bare_step():
-    config = TrainConfig(batch_size=500, progress=False)
+def test_training_loop_is_timed_against_its_bare_step(mnist_dir):
+    config = TrainConfig(dataset="mnist", data_dir=str(mnist_dir), batch_size=16, progress=False)
     result = benchmark.measure_training_loop(config, rounds=1)
-    assert result["loop_model"] == config.model and result["loop_batch_size"] == 500
-    assert result["loop_steps_per_epoch"] >= 1
+    assert result["loop_model"] == config.model and result["loop_batch_size"] == 16
+    assert result["loop_dataset"] == "mnist" and result["loop_steps_per_epoch"] == 4  # 64 images
     assert result["loop_step_ms"] > 0 and result["bare_step_ms"] > 0
     assert result["loop_overhead"] == pytest.approx(result["loop_step_ms"] / result["bare_step_ms"] - 1)
 

@@ -67,10 +67,16 @@ def relative(path: Path) -> str:
 
 def loaded_after(code: str) -> set[str]:
     """The top-level packages loaded in a fresh interpreter after running `code`."""
-    probe = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    return loaded_after_each(code)[0]
+
+
+def loaded_after_each(*codes: str) -> list[set[str]]:
+    """The top-level packages loaded after each piece of code, run in turn in one fresh interpreter."""
+    report = "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    probe = "".join(code + report for code in codes)
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+    return [set(json.loads(line)) for line in done.stdout.strip().splitlines()[-len(codes):]]
 
 
 def import_all(paths: list[Path]) -> str:
@@ -103,12 +109,14 @@ def test_torch_ref_takes_only_the_core_from_flax_resnet(path):
 
 
 def test_torch_ref_never_loads_flax_and_its_models_load_no_jax():
-    everything = loaded_after(import_all(python_files("torch_ref")))
-    assert "torch" in everything and not everything & {"flax", "optax", "orbax"}
-    # On the meta device: every model is built, no weight is drawn (the big ones took 15 s).
-    models = loaded_after("import torch, torch_ref\nwith torch.device('meta'):\n"
-                          "    for name in torch_ref.list_models(): torch_ref.create_model(name)")
+    # The models first, on the meta device: every model is built, no weight is drawn (the big ones
+    # took 15 s); then every other torch_ref file, in the same interpreter.
+    models, everything = loaded_after_each(
+        "import torch, torch_ref\nwith torch.device('meta'):\n"
+        "    for name in torch_ref.list_models(): torch_ref.create_model(name)",
+        import_all(python_files("torch_ref")))
     assert "torch" in models and not models & set(JAX_ROOTS)
+    assert "torch" in everything and not everything & {"flax", "optax", "orbax"}
 
 
 # --- rule 3: the Flax side runs without torch

@@ -49,7 +49,7 @@ def test_the_torch_trainer_sees_the_same_streamed_pixels(digits, tmp_path):
     assert torch_record["test_accuracy"] == pytest.approx(flax_record["test_accuracy"], abs=1 / 300)
 
 
-def test_training_and_evaluation_crops_of_their_own_size(digits, tmp_path):
+def test_training_and_evaluation_crops_of_their_own_size(tmp_path):
     """FixRes: train crops of 24, evaluation at 28 after a resize to 32, in both frameworks; the
     batches have those shapes and the held-out pixels are torchvision's Resize(32) + CenterCrop(28)."""
     import torchvision.transforms.v2 as T
@@ -57,12 +57,13 @@ def test_training_and_evaluation_crops_of_their_own_size(digits, tmp_path):
 
     from flax_resnet.core.data import load_data
 
-    settings = dict(model="resnet20", epochs=1, batch_size=500, train_crop_size=24, val_resize_size=32,
+    digits = write_digit_tree(tmp_path / "digits", train_per_class=30, val_per_class=10)
+    settings = dict(model="resnet20", epochs=1, batch_size=100, train_crop_size=24, val_resize_size=32,
                     eval_crop_fraction=0.875)
     config = digits_config(digits, tmp_path / "flax", **settings)
     data = load_data(config)
-    with data.train_batches(1, seed=0, batch_size=500) as batches:
-        assert next(iter(batches))["image"].shape == (500, 24, 24, 3)
+    with data.train_batches(1, seed=0, batch_size=100) as batches:
+        assert next(iter(batches))["image"].shape == (100, 24, 24, 3)
     with data.eval_batches(100) as batches:
         first = next(iter(batches))
     data.close()
