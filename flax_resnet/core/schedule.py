@@ -4,13 +4,15 @@ Plain Python, shared by both trainers: `flax_resnet.training.optim` evaluates it
 step (`xp=jax.numpy`, on a traced count), `torch_ref.training.optim` on the host (`xp=numpy`), so
 the two frameworks follow the very same curve. Each schedule is the one torch's own classes give:
 
-    constant   LinearLR warmup (from 0), then the peak
-    cosine     LinearLR warmup (from 0), then CosineAnnealingLR down to 0 at the last update
-    multistep  LinearLR warmup (from 0), then MultiStepLR: lr *= gamma at each milestone, a milestone
+    constant   LinearLR warmup, then the peak
+    cosine     LinearLR warmup, then CosineAnnealingLR down to 0 at the last update
+    multistep  LinearLR warmup, then MultiStepLR: lr *= gamma at each milestone, a milestone
                given twice (or two that round to the same update) applying twice
     onecycle   OneCycleLR with its defaults, momentum (sgd) or beta1 (adam, adamw) cycled as well
 
-torch's LinearLR cannot start from exactly 0 (start_factor must be > 0); ours is its limit.
+The warmup rises linearly from peak * warmup_start (LinearLR's start_factor, torchvision's
+--lr-warmup-decay) to the peak. torch's LinearLR cannot start from exactly 0 (start_factor must be
+> 0); warmup_start 0, the default, is its limit.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ class Schedule:
     kind: str  # 'constant', 'cosine', 'multistep' or 'onecycle'
     peak: float  # the peak learning rate
     total: int  # optimizer updates in the whole run
-    warmup: int = 0  # updates of linear warmup from 0 (constant, cosine, multistep)
+    warmup: int = 0  # updates of linear warmup (constant, cosine, multistep)
     milestones: tuple[int, ...] = ()  # multistep: updates from which lr is multiplied by gamma once more
     gamma: float = 0.1
     momentum: float = 0.9  # sgd momentum or adam's beta1 when it is not cycled
+    warmup_start: float = 0.0  # the warmup's first lr as a fraction of the peak
 
     def learning_rate(self, update, xp=np):
         """The learning rate of optimizer update number `update` (an int or an integer array)."""
@@ -66,7 +69,8 @@ class Schedule:
         else:
             raise ValueError(f"unknown schedule {self.kind!r}")
         if self.warmup:
-            lr = xp.where(t < self.warmup, self.peak * t / self.warmup, lr)
+            factor = self.warmup_start + (1 - self.warmup_start) * t / self.warmup
+            lr = xp.where(t < self.warmup, self.peak * factor, lr)
         return lr
 
     def momentum_at(self, update, xp=np):
@@ -108,7 +112,8 @@ def make_schedule(config: TrainConfig, plan: StepPlan) -> Schedule:
         epochs = config.milestones or (0.5 * config.epochs, 0.75 * config.epochs)
         milestones = tuple(plan.updates_at(epoch) for epoch in epochs)
     warmup = plan.updates_at(config.warmup_epochs) if config.schedule != "onecycle" else 0
-    return Schedule(config.schedule, config.lr, plan.total_updates, warmup, milestones, config.gamma, momentum)
+    return Schedule(config.schedule, config.lr, plan.total_updates, warmup, milestones, config.gamma, momentum,
+                    config.warmup_start)
 
 
 def learning_rate_at_step(schedule: Schedule, step: int, grad_accum: int) -> float:

@@ -76,7 +76,7 @@ def add_decayed_weights(weight_decay) -> optax.GradientTransformation:
 
 
 OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
-                    "milestones", "gamma", "grad_accum", "epochs", "freeze_backbone", "model")
+                    "warmup_start", "milestones", "gamma", "grad_accum", "epochs", "freeze_backbone", "model")
 
 
 def make_optimizer(config: TrainConfig, plan: StepPlan, model: nnx.Module | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 import torch_ref
 from flax_resnet.core.config import (
+    PRESET_SUMMARIES,
     PRESETS,
     ConfigError,
     OneLineErrorParser,
@@ -22,6 +24,7 @@ from flax_resnet.core.config import (
     add_train_arguments,
     config_from_args,
 )
+from flax_resnet.core.config.command_line import NEEDS
 from flax_resnet.core.registry import MODELS
 from flax_resnet.core.run.workdir import TrainingDiverged
 from flax_resnet.porting.state_dict import to_torch_state_dict
@@ -112,10 +115,14 @@ def test_finished_run_continues_and_divergence_keeps_the_last_good_checkpoint(mn
     assert (workdir / "model.safetensors").read_bytes() == weights
 
 
-def parse(*argv) -> TrainConfig:
+def parser_with_train_arguments() -> OneLineErrorParser:
     parser = OneLineErrorParser()
     add_train_arguments(parser)
-    return config_from_args(parser.parse_args(list(argv)))
+    return parser
+
+
+def parse(*argv) -> TrainConfig:
+    return config_from_args(parser_with_train_arguments().parse_args(list(argv)))
 
 
 def test_presets_and_flags():
@@ -129,6 +136,36 @@ def test_presets_and_flags():
     assert parse() == TrainConfig() and dataclasses.replace(parse("--nesterov"), nesterov=False) == TrainConfig()
     assert parse("--model", "resnet20", "--shortcut", "B").model_options == {"shortcut": "B"}
     assert set(PRESETS) >= {"seed001", "d2l"}
+    assert set(PRESET_SUMMARIES) == set(PRESETS) - {"default"}
+    help_text = " ".join(parser_with_train_arguments().format_help().split())
+    assert all(f"{name}: {' '.join(summary.split())}" in help_text for name, summary in PRESET_SUMMARIES.items())
+
+
+# Each flag alone, then beside the setting it needs.
+DEPENDENT_FLAGS = [
+    (("--ra-reps", "4"), ("--ra-sampler",)),
+    (("--model-ema-steps", "8"), ("--model-ema",)),
+    (("--model-ema-decay", "0.9"), ("--model-ema",)),
+    (("--mixup-mode", "timm"), ("--cutmix-alpha", "1.0")),
+    (("--warmup-start", "0.01"), ("--warmup-epochs", "1")),
+    (("--milestones", "5", "10"), ("--schedule", "multistep")),
+    (("--gamma", "0.5"), ("--schedule", "multistep")),
+]
+
+
+@pytest.mark.parametrize("alone, needed", DEPENDENT_FLAGS, ids=[alone[0] for alone, _ in DEPENDENT_FLAGS])
+def test_a_flag_its_settings_would_ignore_is_refused(alone, needed):
+    wanted = NEEDS[NEEDS_NAME[alone[0]]][0]
+    assert needed[0] in wanted
+    with pytest.raises(ConfigError, match=f"^{alone[0]} acts only with {re.escape(wanted)}, which these settings"):
+        parse(*alone)
+    config = parse(*alone, *needed)
+    assert getattr(config, NEEDS_NAME[alone[0]]) != getattr(TrainConfig(), NEEDS_NAME[alone[0]])
+    # a preset's own values are not the user's: imagenet_tv2 keeps its ra_reps when the sampler is turned off
+    assert parse("--preset", "imagenet_tv2", "--no-ra-sampler").ra_reps == 4
+
+
+NEEDS_NAME = {f"--{name.replace('_', '-')}": name for name in NEEDS}
 
 
 def run_script_in_process(capsys, *argv):

@@ -7,6 +7,7 @@ torch.optim.lr_scheduler driving a real torch optimizer: float64 exactly, float3
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import jax
@@ -102,32 +103,39 @@ def test_multistep_applies_every_milestone_as_multisteplr(warmup_epochs):
     assert ours[0][3, 0] == pytest.approx(0.4 / 4) and ours[0][6, 0] == pytest.approx(0.4 / 16)
 
 
-@pytest.mark.parametrize("warmup_epochs", [0.0, 1.0])
-def test_cosine_and_constant_are_torchs(warmup_epochs):
-    """cosine: LinearLR warmup then CosineAnnealingLR to 0 at the last update; constant: LinearLR warmup."""
+@pytest.mark.parametrize("warmup_epochs, warmup_start", [(0.0, 0.0), (1.0, 0.0), (1.5, 0.01)])
+def test_cosine_and_constant_are_torchs(warmup_epochs, warmup_start):
+    """cosine: LinearLR warmup then CosineAnnealingLR to 0 at the last update; constant: LinearLR warmup.
+    A warmup_start is LinearLR's start_factor (torchvision's V2 recipe: 0.01)."""
     plan = StepPlan(5, 2, 4)  # grad_accum 2: 10 updates
     warmup = plan.updates_at(warmup_epochs)
+    start_factor = warmup_start or START_FACTOR
     for kind in ("cosine", "constant"):
-        config = TrainConfig(schedule=kind, lr=0.4, epochs=4, warmup_epochs=warmup_epochs, grad_accum=2)
+        config = TrainConfig(schedule=kind, lr=0.4, epochs=4, warmup_epochs=warmup_epochs, warmup_start=warmup_start,
+                             grad_accum=2)
 
         def make(o):
             after = (lr_scheduler.CosineAnnealingLR(o, T_max=plan.total_updates - warmup) if kind == "cosine"
                      else lr_scheduler.ConstantLR(o, factor=1.0))
             if not warmup:
                 return after
-            return lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, start_factor=START_FACTOR,
+            return lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, start_factor=start_factor,
                                                                        total_iters=warmup), after],
                                              milestones=[warmup])
 
-        assert_same_curve(our_curve(config, plan), torch_curve(make, plan.total_updates), peak=0.4,
-                          host_atol=START_FACTOR * 0.4 + 1e-15)
+        ours = our_curve(config, plan)
+        assert_same_curve(ours, torch_curve(make, plan.total_updates), peak=0.4,
+                          host_atol=(start_factor - warmup_start) * 0.4 + 1e-15)
+        if warmup:
+            assert ours[0][0, 0] == pytest.approx(0.4 * warmup_start, abs=1e-15)
 
 
 @pytest.mark.parametrize("settings, message", [
     (dict(schedule="onecycle", warmup_epochs=1.0), "onecycle warms up by itself"),
     (dict(schedule="multistep", warmup_epochs=1.0, milestones=(1.0, 3.0)), "must come after the warmup"),
     (dict(schedule="multistep", warmup_epochs=2.5), "(50% and 75% of the epochs)"),
+    (dict(warmup_epochs=1.0, warmup_start=1.0), "warmup_start must be a fraction of lr in [0, 1)"),
 ])
 def test_warmup_that_a_schedule_cannot_honour_is_refused(settings, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate(TrainConfig(epochs=4, **settings))

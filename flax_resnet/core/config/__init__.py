@@ -8,7 +8,7 @@ from flax_resnet.core.config.command_line import (
                                                   config_from_args,
                                                   model_options,
 )
-from flax_resnet.core.config.presets import PRESETS
+from flax_resnet.core.config.presets import PRESET_SUMMARIES, PRESETS
 from flax_resnet.core.config.settings import (
                                                   AUTO_PRECISION,
                                                   DEVICES,
@@ -26,6 +26,6 @@ from flax_resnet.core.config.settings import (
 from flax_resnet.core.config.validation import resume_differences, validate
 
 __all__ = ["AUTO_PRECISION", "DEVICES", "EMBEDDED_MNIST", "FRAMEWORKS", "IMAGEFOLDER", "LAUNCH_SETTINGS",
-           "OPTIMIZERS", "PRECISIONS", "PRESETS", "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError", "OneLineErrorParser",
-           "TrainConfig", "add_model_options", "add_train_arguments", "config_from_args", "model_options",
+           "OPTIMIZERS", "PRECISIONS", "PRESET_SUMMARIES", "PRESETS", "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError",
+           "OneLineErrorParser", "TrainConfig", "add_model_options", "add_train_arguments", "config_from_args", "model_options",
            "resume_differences", "validate"]

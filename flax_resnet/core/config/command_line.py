@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 
-from flax_resnet.core.config.presets import PRESETS
-from flax_resnet.core.config.settings import BOOLEAN, TrainConfig
+from flax_resnet.core.config.presets import PRESET_SUMMARIES, PRESETS
+from flax_resnet.core.config.settings import BOOLEAN, ConfigError, TrainConfig
 from flax_resnet.core.config.validation import validate
 from flax_resnet.core.registry import OPTION_CHOICES
 
-PRESET_HELP = ("start from a recipe: seed001 (seed 001's MNIST run), d2l (d2l ResNet-18 on 96x96 Fashion-MNIST), "
-               "he2015_cifar (resnet20 on CIFAR-10), imagenet (torchvision's ResNet-50 recipe on imagenet2012), "
-               "imagenette (a short ResNet-50 run on the 10-class subset), finetune (with --init-from: lr 0.0025, "
-               "10 epochs of cosine, label smoothing 0.1); flags override it")
+PRESET_HELP = ("start from a recipe (flags override it): "
+               + "; ".join(f"{name}: {summary}" for name, summary in PRESET_SUMMARIES.items()))
 MODEL_OPTION_HELP = {
     "stem": "model option: stem of the ImageNet-style nets",
     "maxpool": "model option: max-pool after the stem (--maxpool, --no-maxpool or --maxpool true|false)",
@@ -100,6 +99,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                help=field.metadata["help"] + shown, **kwargs)
 
 
+# Flags that act only beside another setting: (what they need, whether the settings give it).
+# Given without it on the command line they are refused, rather than ignored.
+NEEDS: dict[str, tuple[str, Callable[[TrainConfig], bool]]] = {
+    "ra_reps": ("--ra-sampler", lambda c: c.ra_sampler),
+    "model_ema_steps": ("--model-ema", lambda c: c.model_ema),
+    "model_ema_decay": ("--model-ema", lambda c: c.model_ema),
+    "mixup_mode": ("--mixup-alpha or --cutmix-alpha", lambda c: c.mixup_alpha > 0 or c.cutmix_alpha > 0),
+    "warmup_start": ("--warmup-epochs", lambda c: c.warmup_epochs > 0),
+    "milestones": ("--schedule multistep", lambda c: c.schedule == "multistep"),
+    "gamma": ("--schedule multistep", lambda c: c.schedule == "multistep"),
+}
+
+
+def refuse_ignored_flags(config: TrainConfig, given) -> None:
+    """A ConfigError for the first flag in `given` that `config` would ignore (see NEEDS)."""
+    for name, (needed, applies) in NEEDS.items():
+        if name in given and not applies(config):
+            raise ConfigError(f"{flag(name)} acts only with {needed}, which these settings do not have")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig a parsed command line asks for: preset first, then explicit flags. Validated."""
     given = vars(args)
@@ -114,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values["model"] = None  # the variant of the weights it starts from
     config = TrainConfig(**values, model_options=options)
     validate(config)
+    refuse_ignored_flags(config, given)
     return config
 
 

@@ -36,11 +36,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 0.5 (here the global batch of 1024; scale lr linearly with --batch-size), cosine after 5
     # linear warmup epochs, 600 epochs, TrivialAugment, random erasing 0.1, weight decay 2e-5 and 0 on
     # the norms, label smoothing 0.1, mixup 0.2 / cutmix 1.0, the EMA (every 32 steps, decay
-    # 0.99998), FixRes (train crops 176, evaluation resize 232, crop 224), RA sampler x4.
-    # torchvision's warmup starts at lr x 0.01, this one at 0.
+    # 0.99998), FixRes (train crops 176, evaluation resize 232, crop 224), RA sampler x4. The warmup
+    # starts at lr x 0.01 (train.py's --lr-warmup-decay default). torchvision steps its schedulers once
+    # an epoch; this one moves every update along the same curve.
     "imagenet_tv2": dict(model="resnet50", dataset="imagenet2012", optimizer="sgd", lr=0.5, momentum=0.9,
                          weight_decay=2e-5, norm_weight_decay=0.0, batch_size=1024, epochs=600, schedule="cosine",
-                         warmup_epochs=5.0, label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0,
+                         warmup_epochs=5.0, warmup_start=0.01, label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0,
                          auto_augment="ta_wide", random_erase=0.1, model_ema=True, model_ema_steps=32,
                          model_ema_decay=0.99998, train_crop_size=176, val_resize_size=232, image_size=224,
                          ra_sampler=True, ra_reps=4, precision=AUTO_PRECISION),
@@ -78,4 +79,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Inception architecture", and He et al. 2019, "Bag of tricks", who use 0.1 with cosine decay).
     "finetune": dict(optimizer="sgd", lr=0.0025, momentum=0.9, nesterov=False, weight_decay=1e-4, batch_size=64,
                      epochs=10, schedule="cosine", warmup_epochs=0.0, label_smoothing=0.1),
+}
+
+# What --help says of each (all but "default").
+PRESET_SUMMARIES = {
+    "seed001": "seed 001's MNIST run",
+    "d2l": "d2l's ResNet-18 on 96x96 Fashion-MNIST",
+    "he2015_cifar": "He et al.'s resnet20 on CIFAR-10",
+    "imagenet": "torchvision's ResNet-50 recipe (V1) on imagenet2012",
+    "imagenette": "a short ResNet-50 run on the 10-class subset",
+    "imagenet_tv2": "torchvision's V2 recipe (IMAGENET1K_V2): 600 epochs, TrivialAugment, mixup/cutmix, EMA, FixRes",
+    "imagenet_rsb_a3": "timm's ResNet strikes back A3: LAMB, BCE, 100 epochs at 160 px",
+    "cifar_modern": "resnet56 on CIFAR-10 with today's pieces, for one GPU",
+    "finetune": "with --init-from: lr 0.0025, 10 epochs of cosine, label smoothing 0.1",
 }

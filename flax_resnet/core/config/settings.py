@@ -135,8 +135,10 @@ class TrainConfig:
     schedule: str = setting("cosine", "constant, cosine (after warmup), multistep, or onecycle: torch's "
                                       "OneCycleLR, which cycles momentum (sgd) or beta1 (adam, adamw) between 0.95 "
                                       "and 0.85 in place of --momentum", OPTIM, choices=SCHEDULES)
-    warmup_epochs: float = setting(0.0, "linear warmup epochs from 0 (constant, cosine, multistep)", OPTIM,
-                                   type=float)
+    warmup_epochs: float = setting(0.0, "linear warmup epochs (constant, cosine, multistep)", OPTIM, type=float)
+    warmup_start: float = setting(0.0, "the warmup's first lr as a fraction of --lr, rising linearly to it "
+                                       "(torchvision's --lr-warmup-decay; 0 in the limit of torch's LinearLR)",
+                                  OPTIM, type=float, metavar="FRACTION")
     milestones: tuple[float, ...] | None = setting(None, "multistep: epochs where lr *= gamma (none: 50%% and 75%% "
                                                          "of the epochs)", OPTIM, type=float, nargs="+")
     gamma: float = setting(0.1, "multistep decay factor", OPTIM, type=float)
@@ -208,7 +210,7 @@ class TrainConfig:
 
 # Settings that may differ between a run and its resumption (the rest must match).
 RESUMABLE_CHANGES = ("epochs", "workdir", "progress", "distributed", "eval_batch_size", "keep_checkpoints",
-                     "lr", "schedule", "warmup_epochs", "milestones", "gamma", "weight_decay",
+                     "lr", "schedule", "warmup_epochs", "warmup_start", "milestones", "gamma", "weight_decay",
                      "label_smoothing", "data_dir", "nesterov", "workers", "checkpoint_every",
                      "coordinator_address", "num_processes", "process_id", "device", "tf32")
 # Settings that say how a run is started, not what it computes: no notice when they change.

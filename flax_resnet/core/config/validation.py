@@ -114,6 +114,8 @@ def validate(config: TrainConfig) -> None:
         _require(config.grad_accum == 1, "model_ema averages after train steps; it takes no grad_accum")
     _require(_is_number(config.warmup_epochs) and 0 <= config.warmup_epochs < config.epochs,
              f"warmup_epochs must be in [0, epochs={config.epochs}), got {config.warmup_epochs!r}")
+    _require(_is_number(config.warmup_start) and 0 <= config.warmup_start < 1,
+             f"warmup_start must be a fraction of lr in [0, 1), got {config.warmup_start!r}")
     if config.milestones is not None:
         ms = config.milestones
         _require(all(_is_number(m) and 0 < m < config.epochs for m in ms) and list(ms) == sorted(ms),
