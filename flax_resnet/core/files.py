@@ -86,6 +86,20 @@ def atomic_directory(path) -> Iterator[str]:
         raise
 
 
+def read_json_object(path, error: type[PathError] = PathError, about=None) -> dict[str, Any]:
+    """The JSON object in file `path`; `error(path, problem)` if it cannot be read or is not an object.
+    With `about` (a name the user gave), `error(about, problem)`, the problem naming the file."""
+    name = None if about is None else os.path.basename(os.fspath(path))
+    try:
+        with open(path) as handle:
+            value = json.load(handle)
+    except (OSError, ValueError) as failure:
+        raise error(about or path, f"unreadable {name or 'JSON'} ({failure})") from None
+    if not isinstance(value, dict):
+        raise error(about or path, f"{name + ' ' if name else ''}is not a JSON object")
+    return value
+
+
 def write_json(path, value: Any) -> None:
     """Write `value` as indented JSON, atomically."""
     with atomic_file(path) as temporary:

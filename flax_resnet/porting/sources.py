@@ -15,7 +15,6 @@ SourceError whose one-line message names the path.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from flax_resnet.core.files import PathError
+from flax_resnet.core.files import PathError, read_json_object
 from flax_resnet.core.initial_weights import initial_state_dict
 from flax_resnet.core.layouts import describe_spelling, detect_spelling, to_twin
 from flax_resnet.core.pretrained import is_pretrained_name
@@ -120,7 +119,8 @@ def read_source(path, *, key: str | None = None) -> Source:
         return _from_file(path, key)
     if checkpoint.is_checkpoint(path):
         return _from_checkpoint(path)
-    config = _read_json(os.path.join(path, "config.json")) if os.path.isfile(os.path.join(path, "config.json")) else None
+    config_path = os.path.join(path, "config.json")
+    config = read_json_object(config_path, SourceError) if os.path.isfile(config_path) else None
     if config is not None and {"framework", "model", "model_kwargs"} <= set(config):
         return _from_run(path, config)
     weights = next((os.path.join(path, name) for name in HUB_WEIGHT_FILES
@@ -138,7 +138,7 @@ def _hub_config_beside(path: str) -> dict[str, Any] | None:
     """The transformers or timm config.json in the file's folder, if there is one (anything else there is not ours)."""
     beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
     try:
-        config = _read_json(beside) if os.path.isfile(beside) else None
+        config = read_json_object(beside, SourceError) if os.path.isfile(beside) else None
     except SourceError:
         return None
     return config if config is not None and (hub.is_transformers_config(config) or hub.is_timm_config(config)) else None
@@ -158,7 +158,7 @@ def _from_hub(path: str, weights: str, config, key) -> Source:
         if config is not None and hub.is_transformers_config(config):
             facts = hub.transformers_facts(config)
             processor = os.path.join(path, "preprocessor_config.json")
-            preprocessing = (hub.transformers_preprocessing(_read_json(processor))
+            preprocessing = (hub.transformers_preprocessing(read_json_object(processor, SourceError))
                              if os.path.isfile(processor) else None)
             return dataclasses.replace(source, kind="transformers", hub_config=dict(config), facts=facts,
                                        preprocessing=preprocessing,
@@ -331,17 +331,6 @@ def _respelled(raw: Mapping[str, np.ndarray], spelling, path: str) -> dict[str, 
         return to_twin(raw, spelling)
     except ValueError as error:
         raise SourceError(path, str(error)) from None
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as handle:
-            value = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise SourceError(path, f"unreadable JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise SourceError(path, "is not a JSON object")
-    return value
 
 
 def _tuple(values):

@@ -218,6 +218,10 @@ HUB_FAILURES = {
     "transformers_cannot_express": (lambda p, s: timm_dir(p, s), ["--layout", "transformers", "--no-maxpool"], "out",
                                     ["out not written: transformers' ResNet cannot express resnet18: its stem is "
                                      "not the 7x7 conv with a max-pool"]),
+    "truncated_config": (lambda p, s: timm_dir(p, s) or (p / "config.json").write_text('{"architecture": '), [],
+                         "out", ["hf/config.json: unreadable JSON (Expecting value"]),
+    "config_not_an_object": (lambda p, s: timm_dir(p, s) or (p / "config.json").write_text("[1, 2]"), [], "out",
+                             ["hf/config.json: is not a JSON object"]),
     "sharded": (lambda p, s: (p.mkdir(), (p / "model.safetensors.index.json").write_text("{}")), [], "out",
                 ["hf: holds a sharded checkpoint"]),
     "not_weights": (lambda p, s: (p.mkdir(), (p / "notes.txt").write_text("hi")), [], "out.pth",

@@ -147,6 +147,15 @@ def test_an_unregistered_architecture_is_refused_saying_what_it_is(caches, repo_
     assert said in str(raised.value)
 
 
+@pytest.mark.parametrize("text, said", [('{"architecture": ', "unreadable config.json (Expecting value"),
+                                        ("[1, 2]", "config.json is not a JSON object")])
+def test_a_config_that_is_not_a_json_object_is_one_line(caches, text, said):
+    lay_out_repository(caches["hf"], "timm/resnet18.broken", {"config.json": text.encode()})
+    with pytest.raises(PretrainedError) as raised:
+        find("hf-hub:timm/resnet18.broken")
+    assert str(raised.value).startswith(f"hf-hub:timm/resnet18.broken: {said}") and "\n" not in str(raised.value)
+
+
 def test_a_changed_blob_is_refused(hub_cache, caches):
     folder = caches["hf"] / f"models--{TIMM_ID.replace('/', '--')}" / "blobs"
     weights = max(folder.iterdir(), key=lambda path: path.stat().st_size)

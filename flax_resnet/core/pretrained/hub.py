@@ -8,12 +8,12 @@ ResNetConfig and `id2label` (with preprocessor_config.json for the transform). P
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from flax_resnet.core.files import read_json_object
 from flax_resnet.core.pretrained.catalog import (HUB_PREFIX, IMAGENET_MEAN, IMAGENET_STD, Entry, EvalTransform,
                                                  PretrainedError, timm_architectures)
 from flax_resnet.core.registry import IMAGENET_WIDTHS, MODELS
@@ -82,25 +82,14 @@ def hub_entry(name: str) -> Entry:
     """The catalog entry of a hub repository, from its config.json. PretrainedError if it is not a
     ResNet the registry has, saying what it is."""
     repo_id, revision = parse_hub_name(name)
-    config = _read_json(name, hub_file(name, "config.json"))
+    config = read_json_object(hub_file(name, "config.json"), PretrainedError, name)
     if "architecture" in config:
         return _timm_entry(name, repo_id, revision, config)
     if "model_type" in config or "architectures" in config:
         processor_path = hub_file(name, "preprocessor_config.json", required=False)
-        processor = _read_json(name, processor_path) if processor_path else None
+        processor = read_json_object(processor_path, PretrainedError, name) if processor_path else None
         return _transformers_entry(name, repo_id, revision, config, processor)
     raise PretrainedError(name, "config.json is neither timm's (no 'architecture') nor transformers' (no 'model_type')")
-
-
-def _read_json(name: str, path: str) -> dict[str, Any]:
-    try:
-        with open(path) as handle:
-            value = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise PretrainedError(name, f"unreadable {os.path.basename(path)} ({error})") from None
-    if not isinstance(value, dict):
-        raise PretrainedError(name, f"{os.path.basename(path)} is not a JSON object")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
