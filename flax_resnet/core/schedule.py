@@ -10,6 +10,10 @@ the two frameworks follow the very same curve. Each schedule is the one torch's 
                given twice (or two that round to the same update) applying twice
     onecycle   OneCycleLR with its defaults, momentum (sgd) or beta1 (adam, adamw) cycled as well
 
+By default the schedule moves every update. With schedule_unit 'epoch' it moves once an epoch, as
+torchvision's and timm's reference scripts step their schedulers after each epoch: an update then
+takes the lr of the epoch its first step falls in, and warmup, total and milestones count epochs.
+
 The warmup rises linearly from peak * warmup_start (LinearLR's start_factor, torchvision's
 --lr-warmup-decay) to the peak. torch's LinearLR cannot start from exactly 0 (start_factor must be
 > 0); warmup_start 0, the default, is its limit.
@@ -51,10 +55,18 @@ class Schedule:
     gamma: float = 0.1
     momentum: float = 0.9  # sgd momentum or adam's beta1 when it is not cycled
     warmup_start: float = 0.0  # the warmup's first lr as a fraction of the peak
+    steps_per_epoch: int = 0  # schedule_unit 'epoch' (0: every update): train steps in an epoch,
+    grad_accum: int = 1  # and train steps in an update, which say the epoch of an update
+
+    def _position(self, update):
+        """Where update number `update` stands on the curve: the update itself, or its epoch."""
+        if self.steps_per_epoch:
+            return (update * self.grad_accum) // self.steps_per_epoch * 1.0
+        return update * 1.0  # float64 with numpy, the default float inside a jitted step
 
     def learning_rate(self, update, xp=np):
         """The learning rate of optimizer update number `update` (an int or an integer array)."""
-        t = update * 1.0  # float64 with numpy, the default float inside a jitted step
+        t = self._position(update)
         if self.kind == "onecycle":
             return self._onecycle(t, xp)[0]
         if self.kind == "constant":
@@ -75,7 +87,7 @@ class Schedule:
 
     def momentum_at(self, update, xp=np):
         """sgd's momentum (or adam's beta1) at update number `update`: cycled by onecycle, else constant."""
-        t = update * 1.0
+        t = self._position(update)
         if self.kind == "onecycle":
             return self._onecycle(t, xp)[1]
         return self.momentum + 0.0 * t
@@ -107,13 +119,17 @@ class Schedule:
 def make_schedule(config: TrainConfig, plan: StepPlan) -> Schedule:
     """The schedule `config` asks for over the run `plan` describes."""
     momentum = config.momentum if config.optimizer == "sgd" else ADAM_BETAS[0]
+    by_epoch = config.schedule_unit == "epoch"
+    position = (lambda epoch: math.ceil(epoch)) if by_epoch else plan.updates_at
     milestones = ()
     if config.schedule == "multistep":
         epochs = config.milestones or (0.5 * config.epochs, 0.75 * config.epochs)
-        milestones = tuple(plan.updates_at(epoch) for epoch in epochs)
-    warmup = plan.updates_at(config.warmup_epochs) if config.schedule != "onecycle" else 0
-    return Schedule(config.schedule, config.lr, plan.total_updates, warmup, milestones, config.gamma, momentum,
-                    config.warmup_start)
+        milestones = tuple(position(epoch) for epoch in epochs)
+    warmup = position(config.warmup_epochs) if config.schedule != "onecycle" else 0
+    total = config.epochs if by_epoch else plan.total_updates
+    epoch_steps = dict(steps_per_epoch=plan.steps_per_epoch, grad_accum=plan.grad_accum) if by_epoch else {}
+    return Schedule(config.schedule, config.lr, total, warmup, milestones, config.gamma, momentum,
+                    config.warmup_start, **epoch_steps)
 
 
 def learning_rate_at_step(schedule: Schedule, step: int, grad_accum: int) -> float:

@@ -75,8 +75,9 @@ def add_decayed_weights(weight_decay) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs",
-                    "warmup_start", "milestones", "gamma", "grad_accum", "epochs", "freeze_backbone", "model")
+OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "schedule_unit",
+                    "warmup_epochs", "warmup_start", "milestones", "gamma", "grad_accum", "epochs", "freeze_backbone",
+                    "model")
 
 
 def make_optimizer(config: TrainConfig, plan: StepPlan, model: nnx.Module | None = None,

@@ -26,8 +26,9 @@ from flax_resnet.core.schedule import make_schedule
 START_FACTOR = 1e-12
 
 
-def torch_curve(make_scheduler, updates: int, optimizer="sgd", peak=0.4):
-    """(lr, momentum or beta1) of each update, read from a torch optimizer driven by the scheduler."""
+def torch_curve(make_scheduler, updates: int, optimizer="sgd", peak=0.4, epoch_of=None):
+    """(lr, momentum or beta1) of each update, read from a torch optimizer driven by the scheduler:
+    stepped after every update, or with `epoch_of` (update -> its epoch) after each epoch's last."""
     parameter = torch.nn.Parameter(torch.zeros(1))
     if optimizer == "sgd":
         torch_optimizer = torch.optim.SGD([parameter], lr=peak, momentum=0.9)
@@ -42,7 +43,8 @@ def torch_curve(make_scheduler, updates: int, optimizer="sgd", peak=0.4):
             curve.append((group["lr"], group["betas"][0] if "betas" in group else group["momentum"]))
             parameter.grad = torch.ones(1)
             torch_optimizer.step()
-            scheduler.step()
+            if epoch_of is None or epoch_of(len(curve)) != epoch_of(len(curve) - 1):
+                scheduler.step()
     return np.array(curve)
 
 
@@ -130,11 +132,56 @@ def test_cosine_and_constant_are_torchs(warmup_epochs, warmup_start):
             assert ours[0][0, 0] == pytest.approx(0.4 * warmup_start, abs=1e-15)
 
 
+def torchvision_reference_scheduler(kind, epochs, warmup, warmup_start, milestones=()):
+    """The scheduler torchvision's classification reference builds (train.py), stepped once an epoch."""
+    def make(o):
+        main = {"cosine": lambda: lr_scheduler.CosineAnnealingLR(o, T_max=epochs - warmup),
+                "multistep": lambda: lr_scheduler.MultiStepLR(o, [m - warmup for m in milestones], gamma=0.5),
+                "constant": lambda: lr_scheduler.ConstantLR(o, factor=1.0)}[kind]()
+        if not warmup:
+            return main
+        return lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, start_factor=warmup_start or START_FACTOR,
+                                                                   total_iters=warmup), main], milestones=[warmup])
+    return make
+
+
+@pytest.mark.parametrize("kind", ["cosine", "multistep", "constant"])
+@pytest.mark.parametrize("steps_per_epoch, grad_accum, warmup_start", [(6, 2, 0.01), (4, 1, 0.0)])
+def test_a_schedule_stepped_once_an_epoch_is_torchvisions_reference(kind, steps_per_epoch, grad_accum, warmup_start):
+    """schedule_unit epoch: the lr of every update of an epoch is the one torchvision's reference
+    scheduler gives when it is stepped after each epoch (the V2 recipe: warmup from 0.01 x lr)."""
+    epochs, warmup = 6, 2
+    plan = StepPlan(steps_per_epoch, grad_accum, epochs)
+    config = TrainConfig(schedule=kind, schedule_unit="epoch", lr=0.4, epochs=epochs, warmup_epochs=warmup,
+                         warmup_start=warmup_start, grad_accum=grad_accum, milestones=(3.0, 5.0), gamma=0.5)
+    epoch_of = lambda update: update * grad_accum // steps_per_epoch  # noqa: E731
+    make = torchvision_reference_scheduler(kind, epochs, warmup, warmup_start, milestones=(3, 5))
+    theirs = torch_curve(make, plan.total_updates, epoch_of=epoch_of)
+    ours = our_curve(config, plan)
+    assert_same_curve(ours, theirs, peak=0.4, host_atol=((warmup_start or START_FACTOR) - warmup_start) * 0.4 + 1e-15)
+    by_epoch = ours[0][:, 0].reshape(epochs, -1)
+    assert (by_epoch == by_epoch[:, :1]).all() and len(set(by_epoch[:, 0])) > 1  # one lr an epoch, not one a run
+
+
+def test_an_update_spanning_two_epochs_takes_the_lr_of_its_first_step():
+    """grad_accum 2 over 5-step epochs: update 2 is steps 4 and 5, in epochs 0 and 1; it takes epoch 0's lr."""
+    plan = StepPlan(5, 2, 4)
+    config = TrainConfig(schedule="cosine", schedule_unit="epoch", lr=0.4, epochs=4, grad_accum=2)
+    lrs = our_curve(config, plan)[0][:, 0]
+    epoch_lr = [0.4 * 0.5 * (1 + np.cos(np.pi * epoch / 4)) for epoch in range(4)]
+    np.testing.assert_allclose(lrs, [epoch_lr[2 * u // 5] for u in range(plan.total_updates)], rtol=1e-12)
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(schedule="onecycle", warmup_epochs=1.0), "onecycle warms up by itself"),
     (dict(schedule="multistep", warmup_epochs=1.0, milestones=(1.0, 3.0)), "must come after the warmup"),
     (dict(schedule="multistep", warmup_epochs=2.5), "(50% and 75% of the epochs)"),
     (dict(warmup_epochs=1.0, warmup_start=1.0), "warmup_start must be a fraction of lr in [0, 1)"),
+    (dict(schedule="onecycle", schedule_unit="epoch"), "onecycle moves every update"),
+    (dict(schedule_unit="epoch", warmup_epochs=0.5), "warmup_epochs and milestones must be whole epochs, got [0.5]"),
+    (dict(schedule="multistep", schedule_unit="epoch", milestones=(1.5, 3.0)),
+     "must be whole epochs, got [0.0, 1.5, 3.0]"),
+    (dict(schedule_unit="epochs"), "unknown schedule_unit 'epochs'; choose from"),
 ])
 def test_warmup_that_a_schedule_cannot_honour_is_refused(settings, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

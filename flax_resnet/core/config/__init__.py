@@ -19,6 +19,7 @@ from flax_resnet.core.config.settings import (
                                                   OPTIMIZERS,
                                                   PRECISIONS,
                                                   RESUMABLE_CHANGES,
+                                                  SCHEDULE_UNITS,
                                                   SCHEDULES,
                                                   ConfigError,
                                                   TrainConfig,
@@ -26,6 +27,6 @@ from flax_resnet.core.config.settings import (
 from flax_resnet.core.config.validation import resume_differences, validate
 
 __all__ = ["AUTO_PRECISION", "DEVICES", "EMBEDDED_MNIST", "FRAMEWORKS", "IMAGEFOLDER", "LAUNCH_SETTINGS",
-           "OPTIMIZERS", "PRECISIONS", "PRESET_SUMMARIES", "PRESETS", "RESUMABLE_CHANGES", "SCHEDULES", "ConfigError",
-           "OneLineErrorParser", "TrainConfig", "add_model_options", "add_train_arguments", "config_from_args", "model_options",
-           "resume_differences", "validate"]
+           "OPTIMIZERS", "PRECISIONS", "PRESET_SUMMARIES", "PRESETS", "RESUMABLE_CHANGES", "SCHEDULE_UNITS",
+           "SCHEDULES", "ConfigError", "OneLineErrorParser", "TrainConfig", "add_model_options", "add_train_arguments",
+           "config_from_args", "model_options", "resume_differences", "validate"]

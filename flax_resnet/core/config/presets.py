@@ -37,11 +37,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # linear warmup epochs, 600 epochs, TrivialAugment, random erasing 0.1, weight decay 2e-5 and 0 on
     # the norms, label smoothing 0.1, mixup 0.2 / cutmix 1.0, the EMA (every 32 steps, decay
     # 0.99998), FixRes (train crops 176, evaluation resize 232, crop 224), RA sampler x4. The warmup
-    # starts at lr x 0.01 (train.py's --lr-warmup-decay default). torchvision steps its schedulers once
-    # an epoch; this one moves every update along the same curve.
+    # starts at lr x 0.01 (train.py's --lr-warmup-decay default), and the lr moves once an epoch, as
+    # train.py steps its schedulers.
     "imagenet_tv2": dict(model="resnet50", dataset="imagenet2012", optimizer="sgd", lr=0.5, momentum=0.9,
                          weight_decay=2e-5, norm_weight_decay=0.0, batch_size=1024, epochs=600, schedule="cosine",
-                         warmup_epochs=5.0, warmup_start=0.01, label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0,
+                         schedule_unit="epoch", warmup_epochs=5.0, warmup_start=0.01, label_smoothing=0.1,
+                         mixup_alpha=0.2, cutmix_alpha=1.0,
                          auto_augment="ta_wide", random_erase=0.1, model_ema=True, model_ema_steps=32,
                          model_ema_decay=0.99998, train_crop_size=176, val_resize_size=232, image_size=224,
                          ra_sampler=True, ra_reps=4, precision=AUTO_PRECISION),

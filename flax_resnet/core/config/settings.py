@@ -14,6 +14,7 @@ from flax_resnet.core.files import InputError
 FRAMEWORKS = ("flax", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
 SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
+SCHEDULE_UNITS = ("update", "epoch")
 PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_PRECISION = "auto"  # bf16 on a GPU or TPU, fp32 on the CPU
 DEVICES = ("auto", "cpu", "gpu")
@@ -135,6 +136,9 @@ class TrainConfig:
     schedule: str = setting("cosine", "constant, cosine (after warmup), multistep, or onecycle: torch's "
                                       "OneCycleLR, which cycles momentum (sgd) or beta1 (adam, adamw) between 0.95 "
                                       "and 0.85 in place of --momentum", OPTIM, choices=SCHEDULES)
+    schedule_unit: str = setting("update", "update: the lr moves every optimizer update; epoch: once an epoch, as "
+                                           "torchvision's and timm's reference scripts step their schedulers (whole "
+                                           "warmup epochs and milestones)", OPTIM, choices=SCHEDULE_UNITS)
     warmup_epochs: float = setting(0.0, "linear warmup epochs (constant, cosine, multistep)", OPTIM, type=float)
     warmup_start: float = setting(0.0, "the warmup's first lr as a fraction of --lr, rising linearly to it "
                                        "(torchvision's --lr-warmup-decay; 0 in the limit of torch's LinearLR)",
@@ -210,8 +214,8 @@ class TrainConfig:
 
 # Settings that may differ between a run and its resumption (the rest must match).
 RESUMABLE_CHANGES = ("epochs", "workdir", "progress", "distributed", "eval_batch_size", "keep_checkpoints",
-                     "lr", "schedule", "warmup_epochs", "warmup_start", "milestones", "gamma", "weight_decay",
-                     "label_smoothing", "data_dir", "nesterov", "workers", "checkpoint_every",
+                     "lr", "schedule", "schedule_unit", "warmup_epochs", "warmup_start", "milestones", "gamma",
+                     "weight_decay", "label_smoothing", "data_dir", "nesterov", "workers", "checkpoint_every",
                      "coordinator_address", "num_processes", "process_id", "device", "tf32")
 # Settings that say how a run is started, not what it computes: no notice when they change.
 LAUNCH_SETTINGS = ("workdir", "progress", "distributed", "coordinator_address", "num_processes", "process_id")

@@ -16,6 +16,7 @@ from flax_resnet.core.config.settings import (
     OPTIMIZERS,
     PRECISIONS,
     RESUMABLE_CHANGES,
+    SCHEDULE_UNITS,
     SCHEDULES,
     ConfigError,
     TrainConfig,
@@ -116,6 +117,15 @@ def validate(config: TrainConfig) -> None:
              f"warmup_epochs must be in [0, epochs={config.epochs}), got {config.warmup_epochs!r}")
     _require(_is_number(config.warmup_start) and 0 <= config.warmup_start < 1,
              f"warmup_start must be a fraction of lr in [0, 1), got {config.warmup_start!r}")
+    _require(config.schedule_unit in SCHEDULE_UNITS,
+             f"unknown schedule_unit {config.schedule_unit!r}; choose from {_choices(SCHEDULE_UNITS)}")
+    if config.schedule_unit == "epoch":
+        _require(config.schedule != "onecycle", "onecycle moves every update (torch's OneCycleLR is stepped per "
+                                                "batch); leave schedule_unit at update")
+        whole = [config.warmup_epochs, *(config.milestones or ())]
+        _require(all(_is_number(e) and float(e).is_integer() for e in whole),
+                 f"schedule_unit epoch steps once an epoch: warmup_epochs and milestones must be whole epochs, "
+                 f"got {whole}")
     if config.milestones is not None:
         ms = config.milestones
         _require(all(_is_number(m) and 0 < m < config.epochs for m in ms) and list(ms) == sorted(ms),
