@@ -6,6 +6,8 @@ the two frameworks follow the very same curve. Each schedule is the one torch's 
 
     constant   LinearLR warmup, then the peak
     cosine     LinearLR warmup, then CosineAnnealingLR down to 0 at the last update
+    timm_cosine  timm's CosineLRScheduler (one cycle, no minimum, no warmup prefix): the cosine counts
+               from the first update (or epoch), so the warmup replaces its start
     multistep  LinearLR warmup, then MultiStepLR: lr *= gamma at each milestone, a milestone
                given twice (or two that round to the same update) applying twice
     onecycle   OneCycleLR with its defaults, momentum (sgd) or beta1 (adam, adamw) cycled as well
@@ -47,7 +49,7 @@ class Schedule:
     Hashable, so equal settings give equal schedules (and jitted steps that are reused).
     """
 
-    kind: str  # 'constant', 'cosine', 'multistep' or 'onecycle'
+    kind: str  # 'constant', 'cosine', 'timm_cosine', 'multistep' or 'onecycle'
     peak: float  # the peak learning rate
     total: int  # optimizer updates in the whole run
     warmup: int = 0  # updates of linear warmup (constant, cosine, multistep)
@@ -75,6 +77,8 @@ class Schedule:
             span = max(self.total, self.warmup + 1) - self.warmup
             done = xp.clip(t - self.warmup, 0, span) / span
             lr = self.peak * 0.5 * (1 + xp.cos(math.pi * done))
+        elif self.kind == "timm_cosine":
+            lr = self.peak * 0.5 * (1 + xp.cos(math.pi * xp.clip(t, 0, self.total) / self.total))
         elif self.kind == "multistep":
             decays = sum(xp.where(t >= milestone, 1, 0) for milestone in self.milestones)
             lr = self.peak * xp.power(self.gamma, decays * 1.0)

@@ -163,6 +163,40 @@ def test_a_schedule_stepped_once_an_epoch_is_torchvisions_reference(kind, steps_
     assert (by_epoch == by_epoch[:, :1]).all() and len(set(by_epoch[:, 0])) > 1  # one lr an epoch, not one a run
 
 
+@pytest.mark.parametrize("unit", ["epoch", "update"])
+@pytest.mark.parametrize("warmup, warmup_start", [(2, 0.125), (0, 0.0)])
+def test_timm_cosine_is_timms_cosine_scheduler(unit, warmup, warmup_start):
+    """timm's CosineLRScheduler as its train.py drives it: step(epoch + 1) after each epoch, or
+    step_update(updates done) after each update (--sched-on-updates), its warmup from warmup_lr."""
+    from timm.scheduler import CosineLRScheduler
+
+    plan, peak = StepPlan(3, 1, 7), 0.4
+    config = TrainConfig(schedule="timm_cosine", schedule_unit=unit, lr=peak, epochs=7, warmup_epochs=warmup,
+                         warmup_start=warmup_start)
+    per = 1 if unit == "epoch" else plan.steps_per_epoch
+
+    def make(o):
+        return CosineLRScheduler(o, t_initial=plan.epochs * per, warmup_t=warmup * per,
+                                 warmup_lr_init=warmup_start * peak, t_in_epochs=unit == "epoch")
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=peak, momentum=0.9)
+    scheduler, theirs = make(optimizer), []
+    for update in range(plan.total_updates):
+        theirs.append((optimizer.param_groups[0]["lr"], 0.9))
+        parameter.grad = torch.ones(1)
+        optimizer.step()
+        scheduler.step_update(update + 1)
+        if (update + 1) % plan.steps_per_epoch == 0:
+            scheduler.step((update + 1) // plan.steps_per_epoch)
+    theirs = np.array(theirs)
+    ours = our_curve(config, plan)
+    assert_same_curve(ours, theirs, peak=peak, host_atol=1e-15)
+    assert ours[0][0, 0] == pytest.approx(warmup_start * peak if warmup else peak, abs=1e-15)
+    if warmup:  # the cosine's own value at the warmup's end, below the peak: timm's shape, not torch's
+        assert ours[0][warmup * plan.steps_per_epoch, 0] == pytest.approx(peak * 0.5 * (1 + np.cos(np.pi * warmup / 7)))
+
+
 def test_an_update_spanning_two_epochs_takes_the_lr_of_its_first_step():
     """grad_accum 2 over 5-step epochs: update 2 is steps 4 and 5, in epochs 0 and 1; it takes epoch 0's lr."""
     plan = StepPlan(5, 2, 4)

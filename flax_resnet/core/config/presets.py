@@ -48,13 +48,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                          ra_sampler=True, ra_reps=4, precision=AUTO_PRECISION),
     # timm's "ResNet strikes back" A3 (Wightman, Touvron & Jegou 2021, table 1; resnet50.a3_in1k,
     # 78.05 % top-1 at 224): 100 epochs of 160-pixel crops at batch 2048, LAMB lr 8e-3 and weight
-    # decay 0.02 (none on biases and norms: timm's filter for 1-d parameters), cosine after 5 warmup
-    # epochs, BCE, mixup 0.1 / cutmix 1.0 with timm's Mixup, rand-m6-mstd0.5-inc1, no EMA, no
-    # repeated augmentation, no drop path; evaluation at 224 with crop fraction 0.95, bicubic as
-    # the weights' pretrained_cfg says.
+    # decay 0.02 (none on biases and norms: timm's filter for 1-d parameters), 5 warmup epochs and
+    # timm's cosine (CosineLRScheduler, stepped once an epoch as timm's train.py does), BCE, mixup
+    # 0.1 / cutmix 1.0 with timm's Mixup, rand-m6-mstd0.5-inc1, no EMA, no repeated augmentation, no
+    # drop path; evaluation at 224 with crop fraction 0.95, bicubic as the weights' pretrained_cfg
+    # says. timm's warmup starts from --warmup-lr and its cosine ends at --min-lr, whose train.py
+    # defaults have changed between versions (1e-4 and 1e-6 in 2021, 1e-5 and 0 since); here both are 0.
     "imagenet_rsb_a3": dict(model="resnet50", dataset="imagenet2012", optimizer="lamb", lr=8e-3, weight_decay=0.02,
                             norm_weight_decay=0.0, bias_weight_decay=0.0, batch_size=2048, epochs=100,
-                            schedule="cosine", warmup_epochs=5.0, loss="bce", mixup_alpha=0.1, cutmix_alpha=1.0,
+                            schedule="timm_cosine", schedule_unit="epoch", warmup_epochs=5.0, loss="bce",
+                            mixup_alpha=0.1, cutmix_alpha=1.0,
                             mixup_mode="timm", rand_augment="rand-m6-mstd0.5-inc1", train_crop_size=160,
                             image_size=224, eval_crop_fraction=0.95, interpolation="bicubic",
                             precision=AUTO_PRECISION),

@@ -13,7 +13,7 @@ from flax_resnet.core.files import InputError
 
 FRAMEWORKS = ("flax", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
-SCHEDULES = ("constant", "cosine", "multistep", "onecycle")
+SCHEDULES = ("constant", "cosine", "timm_cosine", "multistep", "onecycle")
 SCHEDULE_UNITS = ("update", "epoch")
 PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_PRECISION = "auto"  # bf16 on a GPU or TPU, fp32 on the CPU
@@ -133,13 +133,15 @@ class TrainConfig:
     bias_weight_decay: float | None = setting(None, "weight decay of every bias, the norm layers' too (none: as "
                                                     "the rest), as torchvision's --bias-weight-decay", OPTIM,
                                               type=float, metavar="DECAY")
-    schedule: str = setting("cosine", "constant, cosine (after warmup), multistep, or onecycle: torch's "
-                                      "OneCycleLR, which cycles momentum (sgd) or beta1 (adam, adamw) between 0.95 "
-                                      "and 0.85 in place of --momentum", OPTIM, choices=SCHEDULES)
+    schedule: str = setting("cosine", "constant, cosine (after warmup), timm_cosine (timm's CosineLRScheduler: "
+                                      "from the first epoch, the warmup in place of its start), multistep, or "
+                                      "onecycle: torch's OneCycleLR, which cycles momentum (sgd) or beta1 (adam, "
+                                      "adamw) between 0.95 and 0.85 in place of --momentum", OPTIM,
+                            choices=SCHEDULES)
     schedule_unit: str = setting("update", "update: the lr moves every optimizer update; epoch: once an epoch, as "
                                            "torchvision's and timm's reference scripts step their schedulers (whole "
                                            "warmup epochs and milestones)", OPTIM, choices=SCHEDULE_UNITS)
-    warmup_epochs: float = setting(0.0, "linear warmup epochs (constant, cosine, multistep)", OPTIM, type=float)
+    warmup_epochs: float = setting(0.0, "linear warmup epochs (all but onecycle)", OPTIM, type=float)
     warmup_start: float = setting(0.0, "the warmup's first lr as a fraction of --lr, rising linearly to it "
                                        "(torchvision's --lr-warmup-decay; 0 in the limit of torch's LinearLR)",
                                   OPTIM, type=float, metavar="FRACTION")
