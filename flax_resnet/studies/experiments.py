@@ -141,7 +141,7 @@ def comparison_configs(models: list[str] | None, explicit: dict[str, Any], *, ex
         values.update(explicit)
         values = {key: value for key, value in values.items()
                   if key not in OPTION_CHOICES or key in accepted_options(MODELS[name])}
-        configs[name] = config_from_args(argparse.Namespace(**values, model=name))
+        configs[name] = config_from_args(argparse.Namespace(**values, model=name), user_given=explicit)
     first = next(iter(configs.values()))
     if root is None:
         label = experiment or "models"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -119,8 +120,16 @@ def test_training_loop_is_timed_against_its_bare_step(mnist_dir):
 
 
 def test_peak_heap_increase_sees_an_allocation():
+    """The array is held for 0.2 s, so that the sampling thread runs while it lives even on a loaded
+    machine (a bare np.ones(...).sum() lives for about 20 ms, and once went unseen)."""
     size_mib = 64
-    peak = timing.peak_heap_increase_mib(lambda: np.ones(size_mib * 2**20 // 8).sum())
+
+    def allocate_and_hold():
+        array = np.ones(size_mib * 2**20 // 8)
+        time.sleep(0.2)
+        return array.sum()
+
+    peak = timing.peak_heap_increase_mib(allocate_and_hold)
     assert size_mib * 0.95 <= peak <= size_mib * 1.5
 
 

@@ -162,6 +162,7 @@ def test_comparison_settings_are_identical_but_for_the_model(tmp_path):
     (["resnet20"], {"model": "plain20"}, "--models"),
     (["plain20", "mnist_resnet"], {"shortcut": "B"}, "takes the model option shortcut"),
     (None, {}, "nothing to compare"),
+    (["resnet20"], {"gamma": 0.5}, "--gamma acts only with --schedule multistep"),
 ])
 def test_comparison_refusals(models, explicit, message):
     with pytest.raises(ConfigError, match=message):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from flax_resnet.core.config.presets import PRESET_SUMMARIES, PRESETS
 from flax_resnet.core.config.settings import BOOLEAN, ConfigError, TrainConfig
@@ -112,15 +113,19 @@ NEEDS: dict[str, tuple[str, Callable[[TrainConfig], bool]]] = {
 }
 
 
-def refuse_ignored_flags(config: TrainConfig, given) -> None:
-    """A ConfigError for the first flag in `given` that `config` would ignore (see NEEDS)."""
+def refuse_ignored_flags(config: TrainConfig, given: Mapping[str, Any]) -> None:
+    """A ConfigError for the first setting in `given` (not None) that `config` would ignore (see NEEDS)."""
     for name, (needed, applies) in NEEDS.items():
-        if name in given and not applies(config):
+        if given.get(name) is not None and not applies(config):
             raise ConfigError(f"{flag(name)} acts only with {needed}, which these settings do not have")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig a parsed command line asks for: preset first, then explicit flags. Validated."""
+def config_from_args(args: argparse.Namespace, *, user_given: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig a parsed command line asks for: preset first, then explicit flags. Validated.
+
+    user_given: the settings among `args` that the user named (default: all of them); those that
+    the other settings would ignore are refused (`refuse_ignored_flags`).
+    """
     given = vars(args)
     preset = given.get("preset", "default")
     values = dict(PRESETS[preset])
@@ -133,7 +138,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values["model"] = None  # the variant of the weights it starts from
     config = TrainConfig(**values, model_options=options)
     validate(config)
-    refuse_ignored_flags(config, given)
+    refuse_ignored_flags(config, given if user_given is None else user_given)
     return config
 
 
