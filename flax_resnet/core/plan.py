@@ -143,7 +143,7 @@ def prepare_run(config: TrainConfig, data: TrainingData, num_devices: int = 1) -
     stochastic_depth = {"drop_path_rate": config.drop_path_rate} if config.drop_path_rate else {}
     _, num_classes, in_channels, options = resolve(config.model, data.num_classes, channels,
                                                    {**config.model_options, **stochastic_depth})
-    if config.mixup_alpha or config.cutmix_alpha:
+    if config.mixing:
         smoothing = config.label_smoothing if config.mixup_mode == "timm" else 0.0
         augment = dataclasses.replace(augment, mixing=MixSpec(config.mixup_mode, config.mixup_alpha,
                                                               config.cutmix_alpha, num_classes, smoothing))

@@ -51,9 +51,10 @@ class Schedule:
 
     kind: str  # 'constant', 'cosine', 'timm_cosine', 'multistep' or 'onecycle'
     peak: float  # the peak learning rate
-    total: int  # optimizer updates in the whole run
-    warmup: int = 0  # updates of linear warmup (constant, cosine, multistep)
-    milestones: tuple[int, ...] = ()  # multistep: updates from which lr is multiplied by gamma once more
+    # total, warmup and milestones count updates, or epochs where steps_per_epoch is set
+    total: int  # in the whole run
+    warmup: int = 0  # of linear warmup (all but onecycle)
+    milestones: tuple[int, ...] = ()  # multistep: from each, lr is multiplied by gamma once more
     gamma: float = 0.1
     momentum: float = 0.9  # sgd momentum or adam's beta1 when it is not cycled
     warmup_start: float = 0.0  # the warmup's first lr as a fraction of the peak

@@ -141,6 +141,7 @@ def test_presets_and_flags():
     assert all(f"{name}: {' '.join(summary.split())}" in help_text for name, summary in PRESET_SUMMARIES.items())
 
 
+NEEDS_NAME = {f"--{name.replace('_', '-')}": name for name in NEEDS}
 # Each flag alone, then beside the setting it needs.
 DEPENDENT_FLAGS = [
     (("--ra-reps", "4"), ("--ra-sampler",)),
@@ -161,11 +162,11 @@ def test_a_flag_its_settings_would_ignore_is_refused(alone, needed):
         parse(*alone)
     config = parse(*alone, *needed)
     assert getattr(config, NEEDS_NAME[alone[0]]) != getattr(TrainConfig(), NEEDS_NAME[alone[0]])
-    # a preset's own values are not the user's: imagenet_tv2 keeps its ra_reps when the sampler is turned off
+
+
+def test_a_presets_own_values_are_not_the_users():
+    """imagenet_tv2 keeps its ra_reps when the sampler is turned off."""
     assert parse("--preset", "imagenet_tv2", "--no-ra-sampler").ra_reps == 4
-
-
-NEEDS_NAME = {f"--{name.replace('_', '-')}": name for name in NEEDS}
 
 
 def run_script_in_process(capsys, *argv):

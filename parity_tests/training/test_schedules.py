@@ -26,9 +26,10 @@ from flax_resnet.core.schedule import make_schedule
 START_FACTOR = 1e-12
 
 
-def torch_curve(make_scheduler, updates: int, optimizer="sgd", peak=0.4, epoch_of=None):
+def torch_curve(make_scheduler, updates: int, optimizer="sgd", peak=0.4, epoch_of=None, step=None):
     """(lr, momentum or beta1) of each update, read from a torch optimizer driven by the scheduler:
-    stepped after every update, or with `epoch_of` (update -> its epoch) after each epoch's last."""
+    stepped after every update, or with `epoch_of` (update -> its epoch) after each epoch's last,
+    or by `step(scheduler, updates done)`."""
     parameter = torch.nn.Parameter(torch.zeros(1))
     if optimizer == "sgd":
         torch_optimizer = torch.optim.SGD([parameter], lr=peak, momentum=0.9)
@@ -43,7 +44,9 @@ def torch_curve(make_scheduler, updates: int, optimizer="sgd", peak=0.4, epoch_o
             curve.append((group["lr"], group["betas"][0] if "betas" in group else group["momentum"]))
             parameter.grad = torch.ones(1)
             torch_optimizer.step()
-            if epoch_of is None or epoch_of(len(curve)) != epoch_of(len(curve) - 1):
+            if step is not None:
+                step(scheduler, len(curve))
+            elif epoch_of is None or epoch_of(len(curve)) != epoch_of(len(curve) - 1):
                 scheduler.step()
     return np.array(curve)
 
@@ -179,17 +182,12 @@ def test_timm_cosine_is_timms_cosine_scheduler(unit, warmup, warmup_start):
         return CosineLRScheduler(o, t_initial=plan.epochs * per, warmup_t=warmup * per,
                                  warmup_lr_init=warmup_start * peak, t_in_epochs=unit == "epoch")
 
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([parameter], lr=peak, momentum=0.9)
-    scheduler, theirs = make(optimizer), []
-    for update in range(plan.total_updates):
-        theirs.append((optimizer.param_groups[0]["lr"], 0.9))
-        parameter.grad = torch.ones(1)
-        optimizer.step()
-        scheduler.step_update(update + 1)
-        if (update + 1) % plan.steps_per_epoch == 0:
-            scheduler.step((update + 1) // plan.steps_per_epoch)
-    theirs = np.array(theirs)
+    def step(scheduler, done):
+        scheduler.step_update(done)
+        if done % plan.steps_per_epoch == 0:
+            scheduler.step(done // plan.steps_per_epoch)
+
+    theirs = torch_curve(make, plan.total_updates, peak=peak, step=step)
     ours = our_curve(config, plan)
     assert_same_curve(ours, theirs, peak=peak, host_atol=1e-15)
     assert ours[0][0, 0] == pytest.approx(warmup_start * peak if warmup else peak, abs=1e-15)

@@ -106,7 +106,7 @@ NEEDS: dict[str, tuple[str, Callable[[TrainConfig], bool]]] = {
     "ra_reps": ("--ra-sampler", lambda c: c.ra_sampler),
     "model_ema_steps": ("--model-ema", lambda c: c.model_ema),
     "model_ema_decay": ("--model-ema", lambda c: c.model_ema),
-    "mixup_mode": ("--mixup-alpha or --cutmix-alpha", lambda c: c.mixup_alpha > 0 or c.cutmix_alpha > 0),
+    "mixup_mode": ("--mixup-alpha or --cutmix-alpha", lambda c: c.mixing),
     "warmup_start": ("--warmup-epochs", lambda c: c.warmup_epochs > 0),
     "milestones": ("--schedule multistep", lambda c: c.schedule == "multistep"),
     "gamma": ("--schedule multistep", lambda c: c.schedule == "multistep"),

@@ -201,6 +201,11 @@ class TrainConfig:
     num_processes: int | None = setting(None, "processes in the run", PROCESSES, type=int, metavar="N")
     process_id: int | None = setting(None, "this process's index, 0 .. N-1", PROCESSES, type=int, metavar="I")
 
+    @property
+    def mixing(self) -> bool:
+        """Whether batches are mixed: MixUp or CutMix is on."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-ready values (tuples become lists)."""
         return {key: list(value) if isinstance(value, tuple) else value

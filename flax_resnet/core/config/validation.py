@@ -80,8 +80,8 @@ def validate(config: TrainConfig) -> None:
     _require(config.bce_target_threshold is None or (_is_number(config.bce_target_threshold)
                                                      and 0 <= config.bce_target_threshold < 1),
              f"bce_target_threshold must be in [0, 1), got {config.bce_target_threshold!r}")
-    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
-    _require(not (mixing and config.loss == "bce" and config.mixup_mode == "torchvision" and config.label_smoothing),
+    _require(not (config.mixing and config.loss == "bce" and config.mixup_mode == "torchvision"
+                  and config.label_smoothing),
              "bce with torchvision-style mixing takes no label_smoothing (timm smooths inside the mixed targets: "
              "mixup_mode timm)")
     _require(_is_number(config.drop_path_rate) and 0 <= config.drop_path_rate < 1,
